@@ -1,0 +1,35 @@
+# d3llm-pipeline — `make help` lists the targets. Each target is one command; no logic hides here.
+PY ?= .venv/bin/python
+PIP ?= .venv/bin/pip
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export WANDB_MODE ?= offline
+
+.PHONY: help setup test test-all lint teacher eval sweep clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
+
+setup:  ## create .venv and install the package (editable) with dev extras; torch is the pinned CPU wheel
+	python3 -m venv .venv && $(PIP) install -q --upgrade pip && $(PIP) install -q -e '.[dev]'
+
+test:  ## run the test suite (offline, CPU, excludes tests marked slow)
+	$(PY) -m pytest -m "not slow" -q
+
+test-all:  ## run every test, slow ones included
+	$(PY) -m pytest -q
+
+lint:  ## ruff lint + format check
+	$(PY) -m ruff check d3llm_pipeline tests benchmarks && $(PY) -m ruff format --check d3llm_pipeline tests benchmarks
+
+teacher:  ## train the embedded tiny teacher (~1,500 steps on 2 CPU cores)
+	$(PY) -m d3llm_pipeline stage=teacher
+
+eval:  ## evaluate the teacher with vanilla (one token per forward) decoding
+	$(PY) -m d3llm_pipeline stage=eval decode=vanilla
+
+sweep:  ## threshold sweep: one eval job per entropy threshold (Hydra multirun)
+	$(PY) -m d3llm_pipeline -m stage=eval decode=threshold decode.threshold=0.05,0.2,0.5,1.0,1.6
+
+clean:  ## remove run outputs (keeps outputs/.gitkeep)
+	find outputs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

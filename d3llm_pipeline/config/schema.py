@@ -1,0 +1,181 @@
+"""Typed config schemas and their validation, one dataclass per config group.
+
+Hydra hands stages a DictConfig, on which dataclass `__post_init__` never runs. Each stage therefore converts
+the section it uses with `load_section(cfg.decode, DecodeConfig, "decode")`, which merges it into the schema
+(type errors) and builds the dataclass (range checks in `__post_init__`). Every error is a `ConfigError`
+whose message names the key to change and how, e.g.
+
+    decode.threshold must be > 0 for score=entropy (an entropy bound in nats), got -1.0
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration error; the message names the key and the fix."""
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+@dataclass
+class DecodeConfig:
+    name: str = "threshold"
+    rule: str = "threshold"  # vanilla: fixed tokens per step | threshold: all candidates past τ
+    score: str = "entropy"  # entropy (d3LLM / Dream, lower = surer) | confidence (Fast-dLLM / LLaDA)
+    threshold: float = 0.4
+    tokens_per_step: int = 1
+    block_size: int = 16
+    gen_length: int = 64
+    early_stop: bool = True
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        _check(self.rule in ("vanilla", "threshold"), f"decode.rule must be vanilla or threshold, got {self.rule!r}")
+        _check(self.score in ("entropy", "confidence"), f"decode.score must be entropy or confidence, got {self.score!r}")
+        _check(self.gen_length > 0, f"decode.gen_length must be > 0, got {self.gen_length}")
+        _check(self.block_size > 0, f"decode.block_size must be > 0, got {self.block_size}")
+        _check(
+            self.gen_length % self.block_size == 0,
+            f"decode.block_size ({self.block_size}) must divide decode.gen_length ({self.gen_length}); "
+            f"try decode.block_size={math.gcd(self.gen_length, self.block_size) or 1}",
+        )
+        _check(
+            1 <= self.tokens_per_step <= self.block_size,
+            f"decode.tokens_per_step must be in [1, decode.block_size={self.block_size}], got {self.tokens_per_step}",
+        )
+        _check(self.batch_size >= 1, f"decode.batch_size must be >= 1, got {self.batch_size}")
+        if self.rule == "threshold":
+            if self.score == "entropy":
+                _check(
+                    self.threshold > 0,
+                    f"decode.threshold must be > 0 for score=entropy (an entropy bound in nats), got {self.threshold}",
+                )
+            else:
+                _check(
+                    0 < self.threshold < 1,
+                    f"decode.threshold must be in (0, 1) for score=confidence (a probability), got {self.threshold}",
+                )
+
+
+@dataclass
+class ArithTaskConfig:
+    name: str = "arith"
+    seed: int = 1234
+    prompt_length: int = 24
+    gen_length: int = 64
+    min_steps: int = 3
+    max_steps: int = 5
+    n_train: int = 50000
+    n_val: int = 200
+    n_test: int = 1000
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.min_steps <= self.max_steps, "task.min_steps must be >= 1 and <= task.max_steps, "
+               f"got {self.min_steps}..{self.max_steps}")
+        _check(self.max_steps <= 6, f"task.max_steps must be <= 6 (the prompt region holds 6 steps), got {self.max_steps}")
+        # The longest response (6 tokens a step, 2 for '#### N') plus one EOS must fit the generation region.
+        need = 6 * self.max_steps + 2
+        _check(self.gen_length >= need, f"task.gen_length must be >= {need} for task.max_steps={self.max_steps}, "
+               f"got {self.gen_length}")
+        _check(self.prompt_length >= 4 + 3 * self.max_steps + 4, "task.prompt_length too small for "
+               f"task.max_steps={self.max_steps}: need {4 + 3 * self.max_steps + 4}")
+        for key in ("n_train", "n_val", "n_test"):
+            _check(getattr(self, key) >= 1, f"task.{key} must be >= 1, got {getattr(self, key)}")
+
+
+@dataclass
+class TinyArchConfig:
+    n_embd: int = 128
+    n_layer: int = 4
+    n_head: int = 4
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(self.n_embd % self.n_head == 0, f"model.arch.n_head ({self.n_head}) must divide model.arch.n_embd "
+               f"({self.n_embd})")
+        _check(0.0 <= self.dropout < 1.0, f"model.arch.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny-teacher"
+    family: str = "tiny"  # tiny (embedded GPT-2-style bidirectional teacher); llada / dream come later
+    path: str = "outputs/artifacts/teacher"
+    dtype: str = "float32"
+    arch: TinyArchConfig = field(default_factory=TinyArchConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.family in ("tiny",), f"model.family must be one of: tiny, got {self.family!r}")
+        _check(self.dtype in ("float32", "float64", "bfloat16"),
+               f"model.dtype must be float32, float64 or bfloat16, got {self.dtype!r}")
+
+
+@dataclass
+class TeacherStageConfig:
+    name: str = "teacher"
+    max_steps: int = 1500
+    batch_size: int = 32
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    val_every: int = 250
+    val_problems: int = 200
+    checkpoint_every: int = 250
+    resume: bool = True
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self.max_steps >= 1, f"stage.max_steps must be >= 1, got {self.max_steps}")
+        _check(self.batch_size >= 1, f"stage.batch_size must be >= 1, got {self.batch_size}")
+        _check(self.lr > 0, f"stage.lr must be > 0, got {self.lr}")
+        _check(0 <= self.min_lr_ratio <= 1, f"stage.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        _check(0 <= self.warmup_steps < self.max_steps,
+               f"stage.warmup_steps must be in [0, stage.max_steps={self.max_steps}), got {self.warmup_steps}")
+        for key in ("val_every", "checkpoint_every"):
+            _check(getattr(self, key) >= 1, f"stage.{key} must be >= 1, got {getattr(self, key)}")
+
+
+@dataclass
+class EvalStageConfig:
+    name: str = "eval"
+    split: str = "test"
+    limit: int | None = None  # evaluate only the first N problems (quick runs)
+
+    def __post_init__(self) -> None:
+        _check(self.split in ("test", "validation", "train"),
+               f"stage.split must be test, validation or train, got {self.split!r}")
+        _check(self.limit is None or self.limit >= 1, f"stage.limit must be >= 1 or null, got {self.limit}")
+
+
+T = TypeVar("T")
+
+
+def load_section(section: DictConfig | dict[str, Any], schema: type[T], key: str) -> T:
+    """Validate one config section against its dataclass schema; raise ConfigError naming `key.<field>`."""
+    if isinstance(section, DictConfig):
+        data = OmegaConf.to_container(section, resolve=True)
+    else:
+        data = dict(section)
+    known = {f.name for f in fields(schema)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(f'{key}.{u}' for u in unknown)}; "
+                          f"valid keys: {', '.join(sorted(known))}")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), data)
+        return OmegaConf.to_object(merged)  # runs __post_init__
+    except OmegaConfBaseException as err:
+        full_key = f"{key}.{err.full_key}" if getattr(err, "full_key", None) else key
+        raise ConfigError(f"{full_key}: {err.msg if hasattr(err, 'msg') else err}".splitlines()[0]) from None

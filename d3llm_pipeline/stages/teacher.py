@@ -1,0 +1,138 @@
+"""stage=teacher: train the embedded tiny dLLM teacher from scratch and write it as an HF checkpoint.
+
+    python -m d3llm_pipeline stage=teacher                     # ~1,500 steps on 2 CPU cores
+    python -m d3llm_pipeline stage=teacher trainer=gpu trainer.devices=2
+
+The product is `model.path` (default outputs/artifacts/teacher), which stage=eval and later stages load.
+A finished teacher is reused (stage.overwrite=true retrains); an interrupted run resumes from its last
+Lightning checkpoint, kept beside the product in `<model.path>.lightning/` until training completes.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from d3llm_pipeline.config.schema import (
+    ArithTaskConfig,
+    ConfigError,
+    DecodeConfig,
+    ModelConfig,
+    TeacherStageConfig,
+    load_section,
+)
+from d3llm_pipeline.models.tiny import build_tiny_teacher, save_tiny_teacher
+from d3llm_pipeline.runtime import atomic_write_json, provenance
+from d3llm_pipeline.stages import output_dir_of
+from d3llm_pipeline.stages.common import decode_spec, setup_run
+from d3llm_pipeline.stages.evaluate import evaluate_problems
+from d3llm_pipeline.tasks.tokenizer import build_tokenizer
+from d3llm_pipeline.training.data import ArithDataModule
+from d3llm_pipeline.training.loggers import make_lightning_logger
+from d3llm_pipeline.training.teacher_module import DiffusionSFTModule
+
+log = logging.getLogger(__name__)
+SUMMARY_FILE = "training_summary.json"
+
+
+def _validation_evaluator(lm, tokenizer, problems, spec, prompt_length: int, batch_size: int) -> dict[str, Any]:
+    return evaluate_problems(lm, tokenizer, problems, spec, prompt_length, batch_size, progress=False)[1]
+
+
+def _trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    reserved = {"max_steps", "max_epochs", "logger", "callbacks", "val_check_interval", "default_root_dir"}
+    clash = sorted(reserved & set(kwargs))
+    if clash:
+        raise ConfigError(f"trainer.{clash[0]} is set by stage=teacher; use stage.max_steps / stage.val_every")
+    return kwargs
+
+
+def _publish(module: DiffusionSFTModule, tokenizer, final: Path, summary: dict[str, Any]) -> None:
+    """Write the HF checkpoint into a temp dir, then swap it in, so model.path is never half-written."""
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_tiny_teacher(module.lm, tokenizer, tmp)
+    atomic_write_json(tmp / SUMMARY_FILE, summary)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    stage = load_section(cfg.stage, TeacherStageConfig, "stage")
+    task = load_section(cfg.task, ArithTaskConfig, "task")
+    model_cfg = load_section(cfg.model, ModelConfig, "model")
+    val_decode = load_section(cfg.decode, DecodeConfig, "decode")
+    threads = setup_run(cfg)
+    out_dir = Path(output_dir_of(cfg))
+    final = Path(model_cfg.path)
+
+    if (final / SUMMARY_FILE).is_file() and not stage.overwrite:
+        summary = json.loads((final / SUMMARY_FILE).read_text())
+        log.info("teacher already trained at %s (%s steps); reusing it (stage.overwrite=true retrains)",
+                 final, summary.get("steps"))
+        return summary
+    ckpt_dir = final.with_name(final.name + ".lightning")
+    if stage.overwrite:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    tokenizer = build_tokenizer()
+    arch = model_cfg.arch
+    lm = build_tiny_teacher(tokenizer, max_positions=task.prompt_length + task.gen_length, n_embd=arch.n_embd,
+                            n_layer=arch.n_layer, n_head=arch.n_head, dropout=arch.dropout, seed=int(cfg.seed))
+    data = ArithDataModule(task, tokenizer, stage.batch_size, int(cfg.seed), stage.val_problems)
+    evaluator = functools.partial(_validation_evaluator, tokenizer=tokenizer, problems=data.val_problems,
+                                  spec=decode_spec(val_decode), prompt_length=task.prompt_length,
+                                  batch_size=val_decode.batch_size)
+    module = DiffusionSFTModule(lm, lr=stage.lr, weight_decay=stage.weight_decay, warmup_steps=stage.warmup_steps,
+                                max_steps=stage.max_steps, min_lr_ratio=stage.min_lr_ratio, evaluator=evaluator)
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=stage.checkpoint_every, save_last=True,
+                                 save_top_k=0)
+    trainer = L.Trainer(
+        **_trainer_kwargs(cfg), max_steps=stage.max_steps, max_epochs=-1, logger=make_lightning_logger(cfg, "teacher"),
+        callbacks=[checkpoint], val_check_interval=stage.val_every, check_val_every_n_epoch=None,
+        num_sanity_val_steps=0, gradient_clip_val=stage.grad_clip, default_root_dir=str(out_dir),
+    )
+    resume_from = ckpt_dir / "last.ckpt"
+    ckpt_path = str(resume_from) if stage.resume and resume_from.is_file() else None
+    if ckpt_path:
+        log.info("resuming teacher training from %s", ckpt_path)
+    n_params = sum(p.numel() for p in lm.parameters())
+    log.info("teacher: %.2f M parameters, %d steps of batch %d, %d threads", n_params / 1e6, stage.max_steps,
+             stage.batch_size, threads)
+
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    wall = time.perf_counter() - start
+    if trainer.global_step < stage.max_steps:
+        raise RuntimeError(f"training stopped at step {trainer.global_step} of {stage.max_steps}; rerun to resume")
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    summary = {
+        "stage": "teacher",
+        "model": {"name": model_cfg.name, "path": str(final), "parameters": n_params},
+        "steps": trainer.global_step,
+        "batch_size": stage.batch_size,
+        "wall_s": round(wall, 1),
+        "resumed": ckpt_path is not None,
+        "final_metrics": metrics,
+        **provenance(threads),
+    }
+    _publish(module, tokenizer, final, summary)
+    atomic_write_json(out_dir / "metrics.json", summary)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)  # the published HF checkpoint is the product now
+    log.info("teacher: %d steps in %.0f s (val/accuracy %s) -> %s", trainer.global_step, wall,
+             metrics.get("val/accuracy"), final)
+    return summary

@@ -1,0 +1,74 @@
+"""Logger glue: `logger=csv|wandb|none` for Lightning stages, and a plain wandb run for non-Lightning stages.
+
+wandb runs use project=d3llm-pipeline, group=<experiment_name>, job_type=<stage>, log the resolved config and
+git SHA, and are offline unless WANDB_MODE=online. The run id is written into the output dir (wandb_run_id.txt)
+so a resumed stage continues the same run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from d3llm_pipeline.config.schema import ConfigError
+from d3llm_pipeline.runtime import git_sha
+from d3llm_pipeline.stages import output_dir_of
+
+LOGGERS = ("csv", "wandb", "none")
+
+
+def _wandb_settings(cfg: DictConfig, job_type: str) -> dict[str, Any]:
+    out_dir = Path(output_dir_of(cfg))
+    id_file = out_dir / "wandb_run_id.txt"
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config["git_sha"] = git_sha()
+    settings = {
+        "project": cfg.logger.get("project", "d3llm-pipeline"),
+        "group": str(cfg.logger.get("group", "default")),
+        "job_type": job_type,
+        "tags": list(cfg.logger.get("tags", [])),
+        "config": config,
+        "dir": str(out_dir),
+        "mode": cfg.logger.get("mode", "offline"),
+    }
+    if id_file.is_file():
+        settings.update(id=id_file.read_text().strip(), resume="allow")
+    return settings
+
+
+def _remember_run_id(cfg: DictConfig, run_id: str) -> None:
+    path = Path(output_dir_of(cfg)) / "wandb_run_id.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(run_id + "\n")
+
+
+def init_wandb_run(cfg: DictConfig, job_type: str):
+    """A wandb run for a stage that is not a Lightning fit (eval, report)."""
+    import wandb
+
+    run = wandb.init(**_wandb_settings(cfg, job_type))
+    _remember_run_id(cfg, run.id)
+    return run
+
+
+def make_lightning_logger(cfg: DictConfig, job_type: str):
+    """The Lightning logger chosen by `logger.name` (False disables logging)."""
+    name = cfg.logger.name
+    if name not in LOGGERS:
+        raise ConfigError(f"logger must be one of {', '.join(LOGGERS)}, got {name!r}")
+    out_dir = output_dir_of(cfg)
+    if name == "none":
+        return False
+    if name == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(save_dir=out_dir, name="csv", version="")
+    from lightning.pytorch.loggers import WandbLogger
+
+    settings = _wandb_settings(cfg, job_type)
+    mode = settings.pop("mode")
+    logger = WandbLogger(offline=mode != "online", save_dir=settings.pop("dir"), **settings)
+    _remember_run_id(cfg, logger.experiment.id)
+    return logger

@@ -1,0 +1,99 @@
+"""Config composition (every stage and experiment) and validation errors that name the key to change."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from d3llm_pipeline.config.schema import (
+    ArithTaskConfig,
+    ConfigError,
+    DecodeConfig,
+    EvalStageConfig,
+    ModelConfig,
+    TeacherStageConfig,
+    load_section,
+)
+from d3llm_pipeline.stages import STAGES
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+SCHEMAS = {"teacher": TeacherStageConfig, "eval": EvalStageConfig}
+
+
+def compose_cfg(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=["paths.root_dir=/tmp/d3llm-test", *overrides])
+
+
+def test_every_stage_file_is_registered_and_validates():
+    files = {p.stem for p in (CONF / "stage").glob("*.yaml")}
+    assert files == set(STAGES)
+    for name in files:
+        cfg = compose_cfg(f"stage={name}")
+        assert cfg.stage.name == name
+        load_section(cfg.stage, SCHEMAS[name], "stage")
+        load_section(cfg.model, ModelConfig, "model")
+        load_section(cfg.task, ArithTaskConfig, "task")
+        load_section(cfg.decode, DecodeConfig, "decode")
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
+def test_every_experiment_composes(experiment):
+    cfg = compose_cfg(f"experiment={experiment}")
+    assert cfg.experiment_name == experiment
+    load_section(cfg.model, ModelConfig, "model")
+    load_section(cfg.task, ArithTaskConfig, "task")
+    # Hydra reads the package header only at the very top, so the command that runs it comes next.
+    header, command = (CONF / "experiment" / f"{experiment}.yaml").read_text().splitlines()[:2]
+    assert header == "# @package _global_"
+    assert command.startswith("# python -m d3llm_pipeline") and f"experiment={experiment}" in command
+
+
+@pytest.mark.parametrize("decoder", ["vanilla", "threshold"])
+def test_decoders_compose_and_follow_the_task_length(decoder):
+    cfg = compose_cfg(f"decode={decoder}", "task.gen_length=48")
+    dec = load_section(cfg.decode, DecodeConfig, "decode")
+    assert dec.rule == decoder and dec.gen_length == 48
+
+
+def test_default_responses_span_two_blocks():
+    cfg = compose_cfg()
+    task = load_section(cfg.task, ArithTaskConfig, "task")
+    dec = load_section(cfg.decode, DecodeConfig, "decode")
+    shortest_response = 6 * task.min_steps - 1 + 2  # 'a op b = c' x steps, commas between, '#### N'
+    assert shortest_response > dec.block_size and task.gen_length >= 64
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["decode.threshold=-1"], "decode.threshold"),
+        (["decode.block_size=24"], "decode.block_size"),
+        (["decode=threshold", "decode.score=confidence", "decode.threshold=1.5"], "decode.threshold"),
+        (["decode.rule=greedy"], "decode.rule"),
+        (["decode.tokens_per_step=0"], "decode.tokens_per_step"),
+        (["+decode.treshold=0.3"], "decode.treshold"),
+    ],
+)
+def test_bad_decode_values_name_the_key(overrides, key):
+    cfg = compose_cfg(*overrides)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_section(cfg.decode, DecodeConfig, "decode")
+
+
+def test_type_errors_name_the_key():
+    cfg = compose_cfg("stage=teacher", "stage.max_steps=many")
+    with pytest.raises(ConfigError, match=r"stage\.max_steps"):
+        load_section(cfg.stage, TeacherStageConfig, "stage")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [(["task.max_steps=9"], "task.max_steps"), (["task.gen_length=20"], "task.gen_length"),
+     (["task.min_steps=4", "task.max_steps=3"], "task.min_steps")],
+)
+def test_bad_task_values_name_the_key(overrides, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_section(compose_cfg(*overrides).task, ArithTaskConfig, "task")

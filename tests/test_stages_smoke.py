@@ -1,0 +1,98 @@
+"""End-to-end through the real entry point (`python -m d3llm_pipeline ...`) on a seconds-sized teacher."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SMOKE_TEACHER = [
+    "stage=teacher", "experiment=smoke", "stage.max_steps=4", "stage.warmup_steps=1", "stage.batch_size=8",
+    "stage.val_every=2", "stage.val_problems=8", "stage.checkpoint_every=2", "threads=1",
+    "trainer.log_every_n_steps=1",
+]
+
+
+def cli(root: Path, *overrides: str, multirun: bool = False) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline"}
+    cmd = [sys.executable, "-m", "d3llm_pipeline", *(["-m"] if multirun else []), f"paths.root_dir={root}",
+           *overrides]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def trained_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pipeline")
+    proc = cli(root, *SMOKE_TEACHER, f"hydra.run.dir={root}/run_teacher")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root
+
+
+def test_teacher_writes_hf_checkpoint_and_metrics(trained_root):
+    ckpt = trained_root / "outputs" / "artifacts" / "teacher_smoke"
+    assert (ckpt / "config.json").is_file() and (ckpt / "model.safetensors").is_file()
+    assert (ckpt / "tokenizer.json").is_file()
+    summary = json.loads((ckpt / "training_summary.json").read_text())
+    assert summary["steps"] == 4
+    assert "val/accuracy" in summary["final_metrics"] and "train/loss" in summary["final_metrics"]
+    assert not (ckpt.parent / "teacher_smoke.lightning").exists()  # resume state removed once published
+    metrics_csv = (trained_root / "run_teacher" / "csv" / "metrics.csv").read_text()
+    assert "train/loss" in metrics_csv and "val/loss" in metrics_csv
+
+
+def test_rerun_reuses_finished_teacher(trained_root):
+    ckpt = trained_root / "outputs" / "artifacts" / "teacher_smoke" / "model.safetensors"
+    before = ckpt.stat().st_mtime_ns
+    proc = cli(trained_root, *SMOKE_TEACHER, f"hydra.run.dir={trained_root}/run_teacher2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ckpt.stat().st_mtime_ns == before
+    assert "reusing it" in proc.stdout + proc.stderr
+
+
+def test_eval_writes_metrics_and_generations(trained_root):
+    run_dir = trained_root / "run_eval"
+    proc = cli(trained_root, "stage=eval", "experiment=smoke", "decode=vanilla", "stage.limit=6", "threads=1",
+               f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    rows = [json.loads(line) for line in (run_dir / "generations.jsonl").read_text().splitlines()]
+    assert metrics["n"] == len(rows) == 6
+    assert metrics["total_nfe"] == sum(r["nfe"] for r in rows)
+    assert metrics["total_tokens"] == sum(r["tokens"] for r in rows)
+    assert metrics["tpf"] == pytest.approx(metrics["total_tokens"] / metrics["total_nfe"])
+    assert metrics["accuracy"] == pytest.approx(sum(r["correct"] for r in rows) / 6)
+    assert metrics["decoder"]["rule"] == "vanilla" and metrics["versions"]["torch"].startswith("2.13")
+    assert {"prompt", "output", "answer", "correct", "nfe", "tokens"} <= set(rows[0])
+
+
+def test_threshold_multirun_writes_one_metrics_per_job(trained_root):
+    sweep = trained_root / "sweep"
+    proc = cli(trained_root, "stage=eval", "experiment=smoke", "decode=threshold", "stage.limit=4", "threads=1",
+               "decode.threshold=0.1,2.0", f"hydra.sweep.dir={sweep}", multirun=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = sorted(sweep.glob("*/metrics.json"))
+    assert len(jobs) == 2
+    thresholds = sorted(json.loads(p.read_text())["decoder"]["threshold"] for p in jobs)
+    assert thresholds == [0.1, 2.0]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [(["stage=nonsense"], "unknown stage 'nonsense'"), (["decode.threshold=-1"], "decode.threshold must be > 0")],
+)
+def test_bad_input_exits_nonzero_with_one_line(tmp_path, overrides, needle):
+    proc = cli(tmp_path, *overrides, f"hydra.run.dir={tmp_path}/run")
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_teacher_names_the_command(tmp_path):
+    proc = cli(tmp_path, "stage=eval", f"hydra.run.dir={tmp_path}/run")
+    assert proc.returncode == 2
+    assert "python -m d3llm_pipeline stage=teacher" in proc.stderr
