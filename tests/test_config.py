@@ -8,10 +8,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from d3llm_pipeline.config.schema import (
+    STAGE_SCHEMAS,
     ArithTaskConfig,
     ConfigError,
     DecodeConfig,
-    EvalStageConfig,
     ModelConfig,
     TeacherStageConfig,
     load_section,
@@ -19,7 +19,8 @@ from d3llm_pipeline.config.schema import (
 from d3llm_pipeline.stages import STAGES
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-SCHEMAS = {"teacher": TeacherStageConfig, "eval": EvalStageConfig}
+# Stages whose defaults need one value from the user.
+REQUIRED = {"trajectory_import": ["stage.source=/data/d3llm_trajectories"]}
 
 
 def compose_cfg(*overrides: str):
@@ -30,10 +31,11 @@ def compose_cfg(*overrides: str):
 def test_every_stage_file_is_registered_and_validates():
     files = {p.stem for p in (CONF / "stage").glob("*.yaml")}
     assert files == set(STAGES)
+    assert files == set(STAGE_SCHEMAS)
     for name in files:
-        cfg = compose_cfg(f"stage={name}")
+        cfg = compose_cfg(f"stage={name}", *REQUIRED.get(name, []))
         assert cfg.stage.name == name
-        load_section(cfg.stage, SCHEMAS[name], "stage")
+        load_section(cfg.stage, STAGE_SCHEMAS[name], "stage")
         load_section(cfg.model, ModelConfig, "model")
         load_section(cfg.task, ArithTaskConfig, "task")
         load_section(cfg.decode, DecodeConfig, "decode")
@@ -51,6 +53,18 @@ def test_every_experiment_composes(experiment):
     assert command.startswith("# python -m d3llm_pipeline") and f"experiment={experiment}" in command
 
 
+def test_trajectory_stage_defaults_to_the_one_token_teacher_but_obeys_the_command_line():
+    cfg = compose_cfg("stage=trajectory")
+    assert (cfg.decode.rule, cfg.decode.tokens_per_step) == ("vanilla", 1)
+    assert compose_cfg("stage=trajectory", "decode=threshold").decode.rule == "threshold"
+    assert compose_cfg("stage=eval").decode.rule == "threshold"
+
+
+def test_import_stage_requires_a_source():
+    with pytest.raises(ConfigError, match=r"stage\.source"):
+        load_section(compose_cfg("stage=trajectory_import").stage, STAGE_SCHEMAS["trajectory_import"], "stage")
+
+
 @pytest.mark.parametrize("decoder", ["vanilla", "threshold"])
 def test_decoders_compose_and_follow_the_task_length(decoder):
     cfg = compose_cfg(f"decode={decoder}", "task.gen_length=48")
@@ -62,7 +76,7 @@ def test_default_responses_span_two_blocks():
     cfg = compose_cfg()
     task = load_section(cfg.task, ArithTaskConfig, "task")
     dec = load_section(cfg.decode, DecodeConfig, "decode")
-    shortest_response = 6 * task.min_steps - 1 + 2  # 'a op b = c' x steps, commas between, '#### N'
+    shortest_response = 6 * task.min_steps + 1  # 'a op b = c' x steps, commas between, '#### N'
     assert shortest_response > dec.block_size and task.gen_length >= 64
 
 
@@ -91,9 +105,21 @@ def test_type_errors_name_the_key():
 
 @pytest.mark.parametrize(
     ("overrides", "key"),
-    [(["task.max_steps=9"], "task.max_steps"), (["task.gen_length=20"], "task.gen_length"),
+    [(["task.max_steps=9"], "task.prompt_length"), (["task.gen_length=20"], "task.gen_length"),
      (["task.min_steps=4", "task.max_steps=3"], "task.min_steps")],
 )
 def test_bad_task_values_name_the_key(overrides, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_section(compose_cfg(*overrides).task, ArithTaskConfig, "task")
+
+
+def test_launcher_presets_compose():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["paths.root_dir=/x", "hydra/launcher=local"],
+                      return_hydra_config=True)
+    assert cfg.hydra.launcher.n_jobs == 2 and "Joblib" in cfg.hydra.launcher._target_
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")  # the slurm preset needs the [slurm] extra
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["paths.root_dir=/x", "hydra/launcher=slurm"],
+                      return_hydra_config=True)
+    assert cfg.hydra.launcher.gpus_per_node == 1

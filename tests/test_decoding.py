@@ -333,3 +333,63 @@ def test_ones_attention_mask_matches_none(gpt2_lm: HFDiffusionAdapter, prompts: 
     spec = SPECS[2]
     ones = torch.ones(prompts.shape, dtype=torch.bool)
     assert_same(decode(gpt2_lm, prompts, spec, prompt_attention_mask=ones), decode(gpt2_lm, prompts, spec))
+
+
+# ----------------------------------------------------------------------------------- temperature sampling
+
+
+def test_counter_uniform_is_deterministic_and_uniform() -> None:
+    from d3llm_pipeline.decoding.noise import counter_uniform
+
+    keys = torch.arange(20000)
+    u = counter_uniform(3, keys)
+    assert torch.equal(u, counter_uniform(3, keys))
+    assert not torch.equal(u, counter_uniform(4, keys))
+    assert (u > 0).all() and (u < 1).all()
+    hist = torch.histc(u.float(), bins=10, min=0, max=1)  # expected 2000 per bin, std ~42
+    assert (hist - 2000).abs().max() < 250
+
+
+def test_gumbel_max_draws_follow_softmax_over_temperature() -> None:
+    from d3llm_pipeline.decoding.noise import gumbel_noise
+
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0])
+    temperature, n = 0.7, 20000
+    g = gumbel_noise(0, torch.arange(n), torch.zeros(n, dtype=torch.long), torch.zeros(n, 1, dtype=torch.long), 4)
+    pred = predict(logits.expand(n, 1, 4), temperature=temperature, gumbel=g)
+    freq = torch.bincount(pred.tokens.flatten(), minlength=4).float() / n
+    expected = torch.softmax(logits / temperature, dim=-1)
+    assert (freq - expected).abs().max() < 0.015  # binomial std <= 0.0035
+    # Confidence is the unperturbed probability of the drawn token.
+    assert torch.allclose(pred.confidence.flatten(), torch.softmax(logits, -1)[pred.tokens.flatten()])
+
+
+def test_sampled_decoding_is_batch_independent_with_sample_keys(
+    gpt2_lm: HFDiffusionAdapter, prompts: torch.Tensor
+) -> None:
+    spec = DecodeSpec(gen_length=16, block_size=8, rule="vanilla", score="confidence", temperature=1.5, seed=7)
+    keys = torch.tensor([10, 11, 12, 13, 14])
+    batched = decode(gpt2_lm, prompts, spec, sample_keys=keys)
+    for b in range(prompts.shape[0]):
+        alone = decode(gpt2_lm, prompts[b : b + 1], spec, sample_keys=keys[b : b + 1])
+        assert torch.equal(batched.sequences[b : b + 1], alone.sequences)
+        assert torch.equal(batched.unmask_step[b : b + 1], alone.unmask_step)
+    greedy = decode(gpt2_lm, prompts, DecodeSpec(**{**spec.__dict__, "temperature": 0.0}))
+    other_seed = decode(gpt2_lm, prompts, DecodeSpec(**{**spec.__dict__, "seed": 8}), sample_keys=keys)
+    assert not torch.equal(batched.sequences, greedy.sequences)  # T = 1.5 really samples
+    assert not torch.equal(batched.sequences, other_seed.sequences)
+
+
+def test_mix64_equals_plain_python_splitmix64() -> None:
+    from d3llm_pipeline.decoding.noise import mix64
+
+    def reference(z: int) -> int:  # splitmix64 on Python ints, reduced to 64 bits, then read as signed
+        full = (1 << 64) - 1
+        z = (z + 0x9E3779B97F4A7C15) & full
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & full
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & full
+        z ^= z >> 31
+        return z - (1 << 64) if z >= 1 << 63 else z
+
+    values = [0, 1, 12345, 2**40 + 7, -5]
+    assert mix64(torch.tensor(values)).tolist() == [reference(v & ((1 << 64) - 1)) for v in values]

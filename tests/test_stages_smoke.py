@@ -96,3 +96,13 @@ def test_missing_teacher_names_the_command(tmp_path):
     proc = cli(tmp_path, "stage=eval", f"hydra.run.dir={tmp_path}/run")
     assert proc.returncode == 2
     assert "python -m d3llm_pipeline stage=teacher" in proc.stderr
+
+
+def test_wandb_logger_runs_offline(trained_root):
+    run_dir = trained_root / "run_eval_wandb"
+    proc = cli(trained_root, "stage=eval", "experiment=smoke", "stage.limit=4", "threads=1", "logger=wandb",
+               f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_id = (run_dir / "wandb_run_id.txt").read_text().strip()
+    offline_runs = list((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
+    assert len(offline_runs) == 1  # offline: nothing was sent anywhere

@@ -27,6 +27,8 @@ from d3llm_pipeline.tasks.arith import (
     generate_problem,
     grade,
     make_splits,
+    max_prompt_tokens,
+    max_response_tokens,
 )
 from d3llm_pipeline.tasks.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
 
@@ -273,8 +275,16 @@ def test_config_validation():
     with pytest.raises(ValueError, match="prompt_length"):
         ArithConfig(prompt_length=23)  # a 5-step prompt is 24 tokens
     with pytest.raises(ValueError, match="gen_length"):
-        ArithConfig(gen_length=35)  # a 5-step response is 35 tokens, + EOS
-    ArithConfig(prompt_length=24, gen_length=36)
+        ArithConfig(gen_length=31)  # a 5-step response is 31 tokens, + EOS
+    ArithConfig(prompt_length=24, gen_length=32)
+
+
+def test_length_bounds_match_generated_problems():
+    rng = random.Random(7)
+    for n_steps in (1, 3, 5):
+        problem = generate_problem(rng, n_steps, n_steps)
+        assert len(problem.response.split()) == max_response_tokens(n_steps)
+        assert len(problem.prompt.split()) == max_prompt_tokens(n_steps)
 
 
 # --- grading ------------------------------------------------------------------------

@@ -18,8 +18,12 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 
-class ConfigError(ValueError):
-    """A user-facing configuration error; the message names the key and the fix."""
+class PipelineError(Exception):
+    """A user-facing error: its message says what is wrong and what to do; shown as one line, exit code 2."""
+
+
+class ConfigError(PipelineError, ValueError):
+    """A configuration error; the message names the key and the fix."""
 
 
 def _check(cond: bool, message: str) -> None:
@@ -82,13 +86,14 @@ class ArithTaskConfig:
     def __post_init__(self) -> None:
         _check(1 <= self.min_steps <= self.max_steps, "task.min_steps must be >= 1 and <= task.max_steps, "
                f"got {self.min_steps}..{self.max_steps}")
-        _check(self.max_steps <= 6, f"task.max_steps must be <= 6 (the prompt region holds 6 steps), got {self.max_steps}")
-        # The longest response (6 tokens a step, 2 for '#### N') plus one EOS must fit the generation region.
-        need = 6 * self.max_steps + 2
+        from d3llm_pipeline.tasks.arith import max_prompt_tokens, max_response_tokens
+
+        need = max_response_tokens(self.max_steps) + 1  # the longest response plus at least one EOS
         _check(self.gen_length >= need, f"task.gen_length must be >= {need} for task.max_steps={self.max_steps}, "
                f"got {self.gen_length}")
-        _check(self.prompt_length >= 4 + 3 * self.max_steps + 4, "task.prompt_length too small for "
-               f"task.max_steps={self.max_steps}: need {4 + 3 * self.max_steps + 4}")
+        need = max_prompt_tokens(self.max_steps)
+        _check(self.prompt_length >= need, f"task.prompt_length must be >= {need} for "
+               f"task.max_steps={self.max_steps}, got {self.prompt_length}")
         for key in ("n_train", "n_val", "n_test"):
             _check(getattr(self, key) >= 1, f"task.{key} must be >= 1, got {getattr(self, key)}")
 
@@ -99,11 +104,13 @@ class TinyArchConfig:
     n_layer: int = 4
     n_head: int = 4
     dropout: float = 0.0
+    init_std: float = 0.02
 
     def __post_init__(self) -> None:
         _check(self.n_embd % self.n_head == 0, f"model.arch.n_head ({self.n_head}) must divide model.arch.n_embd "
                f"({self.n_embd})")
         _check(0.0 <= self.dropout < 1.0, f"model.arch.dropout must be in [0, 1), got {self.dropout}")
+        _check(self.init_std > 0, f"model.arch.init_std must be > 0, got {self.init_std}")
 
 
 @dataclass
@@ -158,6 +165,60 @@ class EvalStageConfig:
                f"stage.split must be test, validation or train, got {self.split!r}")
         _check(self.limit is None or self.limit >= 1, f"stage.limit must be >= 1 or null, got {self.limit}")
 
+
+@dataclass
+class TrajectoryStageConfig:
+    name: str = "trajectory"
+    split: str = "train"
+    n_prompts: int = 4000  # the first N prompts of the split
+    chunk_size: int = 256  # rows per atomically written chunk (the most a crash can cost)
+    num_shards: int = 1
+    shard: int = 0
+    temperatures: list[float] = field(default_factory=lambda: [0.0])  # one attempt per entry (retries)
+    out_dir: str = "outputs/artifacts/trajectories/tiny-teacher"
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self.split in ("train", "validation", "test"),
+               f"stage.split must be train, validation or test, got {self.split!r}")
+        _check(self.n_prompts >= 1, f"stage.n_prompts must be >= 1, got {self.n_prompts}")
+        _check(self.chunk_size >= 1, f"stage.chunk_size must be >= 1, got {self.chunk_size}")
+        _check(self.num_shards >= 1, f"stage.num_shards must be >= 1, got {self.num_shards}")
+        _check(0 <= self.shard < self.num_shards,
+               f"stage.shard must be in [0, stage.num_shards={self.num_shards}), got {self.shard}")
+        _check(len(self.temperatures) >= 1 and all(t >= 0 for t in self.temperatures),
+               f"stage.temperatures must be a non-empty list of values >= 0, got {self.temperatures}")
+
+
+@dataclass
+class TrajectoryMergeStageConfig:
+    name: str = "trajectory_merge"
+    out_dir: str = "outputs/artifacts/trajectories/tiny-teacher"
+
+
+@dataclass
+class TrajectoryImportStageConfig:
+    name: str = "trajectory_import"
+    source: str = ""  # a local dataset dir (save_to_disk / parquet) or a Hub id in d3LLM's format
+    split: str = "train"
+    mask_token_id: int = 126336  # LLaDA-8B's MASK; Dream's is 151666
+    limit: int | None = None
+    out_dir: str = "outputs/artifacts/trajectories/imported"
+
+    def __post_init__(self) -> None:
+        _check(bool(self.source), "stage.source must name a d3LLM trajectory dataset (a local dir or a Hub id "
+               "such as d3LLM/trajectory_data_llada_32)")
+        _check(self.limit is None or self.limit >= 1, f"stage.limit must be >= 1 or null, got {self.limit}")
+
+
+# stage name -> schema of its `stage` section (the dispatcher's registry lives in d3llm_pipeline.stages)
+STAGE_SCHEMAS: dict[str, type] = {
+    "teacher": TeacherStageConfig,
+    "eval": EvalStageConfig,
+    "trajectory": TrajectoryStageConfig,
+    "trajectory_merge": TrajectoryMergeStageConfig,
+    "trajectory_import": TrajectoryImportStageConfig,
+}
 
 T = TypeVar("T")
 

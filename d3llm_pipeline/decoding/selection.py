@@ -52,8 +52,13 @@ def higher_is_better(score: str) -> bool:
     return score == "confidence"
 
 
-def predict(logits: torch.Tensor, banned_ids: Iterable[int] = ()) -> Prediction:
-    """Predicted token, confidence and entropy from logits (..., V).
+def predict(
+    logits: torch.Tensor,
+    banned_ids: Iterable[int] = (),
+    temperature: float = 0.0,
+    gumbel: torch.Tensor | None = None,
+) -> Prediction:
+    """Predicted token, confidence and entropy from logits (..., V); sampled at `temperature` > 0.
 
     Banned ids (MASK, PAD) get -inf logits before the softmax, so they are never predicted and carry no
     probability mass. The softmax runs in float32: enough to rank scores, and bf16/fp16 model outputs would
@@ -65,7 +70,15 @@ def predict(logits: torch.Tensor, banned_ids: Iterable[int] = ()) -> Prediction:
         logits = logits.clone()
         logits[..., banned] = float("-inf")
     probs = torch.softmax(logits, dim=-1)  # (..., V)
-    confidence, tokens = probs.max(dim=-1)  # (...,) each
+    if temperature > 0:
+        if gumbel is None:
+            raise ValueError("temperature > 0 needs Gumbel noise (see decoding.noise.gumbel_noise)")
+        # Gumbel-max: argmax(logits / T + g) is a draw from softmax(logits / T). The confidence stays the
+        # unperturbed probability of the drawn token (as in LLaDA's low-confidence remasking).
+        tokens = (logits / temperature + gumbel).argmax(dim=-1)  # (...,)
+        confidence = probs.gather(-1, tokens[..., None]).squeeze(-1)
+    else:
+        confidence, tokens = probs.max(dim=-1)  # (...,) each
     # entr(p) = -p log p with entr(0) = 0, so banned (p = 0) entries do not turn the sum into NaN.
     entropy = torch.special.entr(probs).sum(dim=-1)  # (...,)
     return Prediction(tokens=tokens, confidence=confidence, entropy=entropy)

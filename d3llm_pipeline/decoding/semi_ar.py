@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from d3llm_pipeline.decoding.metrics import generated_token_counts
+from d3llm_pipeline.decoding.noise import gumbel_noise
 from d3llm_pipeline.decoding.selection import predict, select_tokens
 from d3llm_pipeline.models.adapter import DiffusionLM
 
@@ -43,6 +44,8 @@ class DecodeSpec:
     tokens_per_step: int = 1  # vanilla only
     early_stop: bool = True
     max_forwards: int | None = None  # safety cap on forwards per sample; None -> 2 * gen_length
+    temperature: float = 0.0  # 0 = argmax; > 0 samples from softmax(logits / T) with counter-based noise
+    seed: int = 0  # noise seed (used only when temperature > 0)
 
     @property
     def num_blocks(self) -> int:
@@ -115,10 +118,11 @@ def _step(
     unmask: torch.Tensor,
     prompt_len: int,
     spec: DecodeSpec,
+    sample_keys: torch.Tensor,
 ) -> None:
     """One forward pass over the active rows x (A, P+G); updates x and unmask (A, G) in place.
 
-    step: (A,) each row's own 0-based forward index for this pass.
+    step: (A,) each row's own 0-based forward index for this pass; sample_keys: (A,) noise keys.
     """
     mask_id, eos_id = model.mask_token_id, model.eos_token_id
     gen = x[:, prompt_len:]  # (A, G) view into x
@@ -130,7 +134,10 @@ def _step(
     block_logits = logits.gather(1, pos[:, :, None].expand(-1, -1, vocab))  # (A, K, V)
     # PAD is banned unless it doubles as EOS (common in HF tokenizers); banning it then would forbid stopping.
     banned = [mask_id] if model.pad_token_id == eos_id else [mask_id, model.pad_token_id]
-    pred = predict(block_logits, banned_ids=banned)  # fields (A, K)
+    gumbel = None
+    if spec.temperature > 0:  # noise keyed by (seed, sample, own step, position, token): batch-independent
+        gumbel = gumbel_noise(spec.seed, sample_keys, step, pos, vocab)  # (A, K, V)
+    pred = predict(block_logits, banned_ids=banned, temperature=spec.temperature, gumbel=gumbel)  # (A, K)
 
     candidates = gen_mask.gather(1, pos)  # (A, K)
     accept = select_tokens(
@@ -151,12 +158,14 @@ def decode(
     prompt_ids: torch.Tensor,
     spec: DecodeSpec,
     prompt_attention_mask: torch.Tensor | None = None,
+    sample_keys: torch.Tensor | None = None,
 ) -> DecodeResult:
     """Semi-autoregressive block decoding of `spec.gen_length` tokens after each prompt (B, P).
 
     Only rows that still hold a MASK are sent to the model, so `nfe` counts each sample's own forwards.
     Stops when every sample is finished or after `spec.forward_cap` iterations (MASKs are then left in place
-    and `truncated` marks the affected samples).
+    and `truncated` marks the affected samples). `sample_keys` (B,) identify samples for temperature noise
+    (default: their batch index); pass stable ids (e.g. dataset row ids) to make sampling batch-independent.
     """
     assert prompt_ids.dim() == 2, "prompt_ids must be (B, P)"
     assert spec.gen_length % spec.block_size == 0, "gen_length must be a multiple of block_size"
@@ -169,6 +178,9 @@ def decode(
     attn = _build_attention(prompt_attention_mask, spec.gen_length)  # (B, P+G) or None
     nfe = torch.zeros(batch, dtype=torch.long, device=device)  # (B,)
     unmask_step = torch.full((batch, spec.gen_length), -1, dtype=torch.long, device=device)  # (B, G)
+    if sample_keys is None:
+        sample_keys = torch.arange(batch, device=device)
+    sample_keys = sample_keys.to(device=device, dtype=torch.long)  # (B,)
 
     for _ in range(spec.forward_cap):
         active = (x[:, prompt_len:] == mask_id).any(dim=-1)  # (B,)
@@ -179,7 +191,7 @@ def decode(
         rows_unmask = unmask_step.index_select(0, idx)  # (A, G)
         rows_attn = attn.index_select(0, idx) if attn is not None else None
         step = nfe.index_select(0, idx)  # (A,) own forward index of this pass
-        _step(model, rows_x, rows_attn, step, rows_unmask, prompt_len, spec)
+        _step(model, rows_x, rows_attn, step, rows_unmask, prompt_len, spec, sample_keys.index_select(0, idx))
         nfe.index_add_(0, idx, torch.ones_like(idx))
         x.index_copy_(0, idx, rows_x)
         unmask_step.index_copy_(0, idx, rows_unmask)

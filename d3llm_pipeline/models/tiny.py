@@ -24,7 +24,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.
 
 def tiny_gpt2_config(
     vocab_size: int, max_positions: int, n_embd: int, n_layer: int, n_head: int, dropout: float,
-    pad_token_id: int, eos_token_id: int,
+    pad_token_id: int, eos_token_id: int, init_std: float = 0.02,
 ) -> GPT2Config:
     """A GPT-2 config with full bidirectional attention (every position sees every other)."""
     return GPT2Config(
@@ -36,6 +36,7 @@ def tiny_gpt2_config(
         resid_pdrop=dropout,
         embd_pdrop=dropout,
         attn_pdrop=dropout,
+        initializer_range=init_std,
         is_causal=False,  # the one change that makes GPT-2 a masked-diffusion (bidirectional) denoiser
         bos_token_id=None,
         eos_token_id=eos_token_id,
@@ -57,7 +58,7 @@ def adapter_for(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast) -> H
 
 def build_tiny_teacher(
     tokenizer: PreTrainedTokenizerFast, max_positions: int, n_embd: int = 128, n_layer: int = 4,
-    n_head: int = 4, dropout: float = 0.0, seed: int | None = None,
+    n_head: int = 4, dropout: float = 0.0, seed: int | None = None, init_std: float = 0.02,
 ) -> HFDiffusionAdapter:
     """A randomly initialised tiny teacher (seeded when `seed` is given) wrapped in the adapter."""
     if seed is not None:
@@ -65,7 +66,7 @@ def build_tiny_teacher(
     config = tiny_gpt2_config(
         vocab_size=len(tokenizer), max_positions=max_positions, n_embd=n_embd, n_layer=n_layer,
         n_head=n_head, dropout=dropout, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id, init_std=init_std,
     )
     return adapter_for(GPT2LMHeadModel(config), tokenizer)
 

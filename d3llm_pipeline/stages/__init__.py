@@ -14,14 +14,18 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from d3llm_pipeline.config.schema import ConfigError
+from d3llm_pipeline.config.schema import ConfigError, PipelineError
 
 log = logging.getLogger(__name__)
 
-# stage name -> module with a `run(cfg) -> dict`; imported lazily so `stage=eval` never imports Lightning.
+# stage name -> "module:function" taking cfg and returning a dict; imported lazily so `stage=eval` never
+# imports Lightning.
 STAGES = {
-    "teacher": "d3llm_pipeline.stages.teacher",
-    "eval": "d3llm_pipeline.stages.evaluate",
+    "teacher": "d3llm_pipeline.stages.teacher:run",
+    "eval": "d3llm_pipeline.stages.evaluate:run",
+    "trajectory": "d3llm_pipeline.stages.trajectory:run",
+    "trajectory_merge": "d3llm_pipeline.stages.trajectory:run_merge",
+    "trajectory_import": "d3llm_pipeline.stages.trajectory_import:run",
 }
 
 
@@ -34,14 +38,20 @@ def output_dir_of(cfg: DictConfig) -> str:
     return HydraConfig.get().runtime.output_dir
 
 
-def run_stage(cfg: DictConfig) -> dict[str, Any]:
+def call_stage(cfg: DictConfig) -> dict[str, Any]:
+    """Dispatch on `stage.name` without the guard (tests use this to see the stage's own exceptions)."""
     name = cfg.stage.name
     if name not in STAGES:
         raise ConfigError(f"unknown stage {name!r}; choose stage= one of: {', '.join(sorted(STAGES))}")
-    module = importlib.import_module(STAGES[name])
+    module_name, function = STAGES[name].split(":")
+    return getattr(importlib.import_module(module_name), function)(cfg)
+
+
+def run_stage(cfg: DictConfig) -> dict[str, Any]:
+    name = cfg.stage.name
     try:
-        return module.run(cfg)
-    except ConfigError as err:
+        return call_stage(cfg)
+    except PipelineError as err:
         sys.stderr.write(f"error: {err}\n")
         sys.exit(2)
     except BaseException:

@@ -29,6 +29,19 @@ def setup_run(cfg: DictConfig) -> int:
     return threads
 
 
+def resolve_device(setting: str) -> torch.device:
+    """`device=auto` picks CUDA when present; an explicit CUDA device on a CPU-only machine is an error."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(setting)
+    except RuntimeError:
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {setting!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={setting} but no CUDA device is visible; use device=cpu (or auto)")
+    return device
+
+
 def task_splits(task: ArithTaskConfig) -> dict[str, list[arith.Problem]]:
     return arith.make_splits(
         arith.ArithConfig(

@@ -30,7 +30,14 @@ from d3llm_pipeline.config.schema import (
 from d3llm_pipeline.decoding import DecodeSpec, decode, tokens_per_forward
 from d3llm_pipeline.runtime import atomic_write_json, atomic_write_text, provenance
 from d3llm_pipeline.stages import output_dir_of
-from d3llm_pipeline.stages.common import check_fits, decode_spec, load_model, setup_run, task_splits
+from d3llm_pipeline.stages.common import (
+    check_fits,
+    decode_spec,
+    load_model,
+    resolve_device,
+    setup_run,
+    task_splits,
+)
 from d3llm_pipeline.tasks import arith
 
 log = logging.getLogger(__name__)
@@ -90,7 +97,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     threads = setup_run(cfg)
     out_dir = Path(output_dir_of(cfg))
 
-    lm, tokenizer = load_model(model_cfg)
+    device = resolve_device(str(cfg.get("device", "auto")))
+    lm, tokenizer = load_model(model_cfg, device=device)
     check_fits(lm, task, dec)
     problems = task_splits(task)[stage.split]
     if stage.limit is not None:
@@ -104,6 +112,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "model": {"name": model_cfg.name, "family": model_cfg.family, "path": model_cfg.path},
         "decoder": {"name": dec.name, **asdict(spec), "batch_size": dec.batch_size},
         "task": {"name": task.name, "split": stage.split, "seed": task.seed},
+        "device": str(device),
         **summary,
         "tpf_definition": "sum(tokens before first EOS) / sum(forward passes), over samples (d3LLM)",
         **provenance(threads),

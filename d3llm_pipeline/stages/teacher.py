@@ -91,7 +91,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     tokenizer = build_tokenizer()
     arch = model_cfg.arch
     lm = build_tiny_teacher(tokenizer, max_positions=task.prompt_length + task.gen_length, n_embd=arch.n_embd,
-                            n_layer=arch.n_layer, n_head=arch.n_head, dropout=arch.dropout, seed=int(cfg.seed))
+                            n_layer=arch.n_layer, n_head=arch.n_head, dropout=arch.dropout, seed=int(cfg.seed),
+                            init_std=arch.init_std)
     data = ArithDataModule(task, tokenizer, stage.batch_size, int(cfg.seed), stage.val_problems)
     evaluator = functools.partial(_validation_evaluator, tokenizer=tokenizer, problems=data.val_problems,
                                   spec=decode_spec(val_decode), prompt_length=task.prompt_length,

@@ -100,8 +100,8 @@ def max_prompt_tokens(n_steps: int) -> int:
 
 
 def max_response_tokens(n_steps: int) -> int:
-    """Response length in tokens: 5 per step, 2 per ``,`` separator, 2 for ``#### N``."""
-    return 5 * n_steps + 2 * (n_steps - 1) + 2
+    """Response length in tokens: 5 per step (``a op b = c``), 1 per ``,`` separator, 2 for ``#### N``."""
+    return 5 * n_steps + (n_steps - 1) + 2
 
 
 def _check_steps(min_steps: int, max_steps: int) -> None:

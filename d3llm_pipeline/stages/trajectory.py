@@ -1,0 +1,169 @@
+"""stage=trajectory: run the teacher over training prompts and store its pseudo-trajectories.
+
+    python -m d3llm_pipeline stage=trajectory                                   # default: 1 token / forward
+    python -m d3llm_pipeline -m stage=trajectory stage.num_shards=2 stage.shard=0,1 hydra/launcher=joblib
+    python -m d3llm_pipeline stage=trajectory_merge                             # after a sharded run
+
+Per sample we keep the teacher's final response and, per response position, the forward pass that revealed it
+(`unmask_step`, relative to the response start), plus the grade, the forwards and the attempt used. Work is
+written in chunks (temp file + rename + manifest); a rerun skips finished chunks, so a crash or `kill -9`
+costs at most one chunk and the result equals an uninterrupted run's. Decoding is deterministic (temperature
+noise is keyed by sample id), so sharding and resuming never change a row.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from d3llm_pipeline.config.schema import (
+    ArithTaskConfig,
+    DecodeConfig,
+    ModelConfig,
+    TrajectoryStageConfig,
+    load_section,
+)
+from d3llm_pipeline.decoding import DecodeSpec, decode
+from d3llm_pipeline.runtime import atomic_write_json, provenance
+from d3llm_pipeline.stages import output_dir_of
+from d3llm_pipeline.stages.common import (
+    check_fits,
+    decode_spec,
+    load_model,
+    resolve_device,
+    setup_run,
+    task_splits,
+)
+from d3llm_pipeline.tasks import arith
+from d3llm_pipeline.trajectories import store
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def label_problems(lm, tokenizer, problems: list[arith.Problem], sample_ids: list[int], spec: DecodeSpec,
+                   temperatures: list[float], prompt_length: int, batch_size: int) -> list[dict[str, Any]]:
+    """Decode every problem; re-decode the incorrect ones at the next temperature (d3LLM's retries).
+
+    The last attempt is kept whether or not it is correct, with its attempt index and temperature.
+    """
+    device = next(lm.parameters()).device
+    prompts, references = arith.encode(problems, tokenizer, prompt_length, spec.gen_length)
+    rows: list[dict[str, Any] | None] = [None] * len(problems)
+    todo = list(range(len(problems)))
+    for attempt, temperature in enumerate(temperatures):
+        attempt_spec = replace(spec, temperature=temperature)
+        for lo in range(0, len(todo), batch_size):
+            idx = todo[lo : lo + batch_size]
+            keys = torch.tensor([sample_ids[i] for i in idx])
+            result = decode(lm, prompts[idx].to(device), attempt_spec, sample_keys=keys)
+            gen, steps = result.sequences[:, prompt_length:].cpu(), result.unmask_step.cpu()
+            for j, i in enumerate(idx):
+                text = arith.decode_response(gen[j], tokenizer)
+                predicted = arith.extract_answer(text)
+                rows[i] = {
+                    "sample_id": sample_ids[i], "prompt_ids": prompts[i].tolist(), "response_ids": gen[j].tolist(),
+                    "unmask_step": steps[j].tolist(), "reference_ids": references[i].tolist(),
+                    "nfe": int(result.nfe[j]), "answer": str(problems[i].answer),
+                    "predicted": None if predicted is None else str(predicted),
+                    "is_correct": predicted == problems[i].answer, "text": text, "temperature": temperature,
+                    "attempt": attempt,
+                }
+        todo = [i for i in todo if not rows[i]["is_correct"]]
+        if not todo:
+            break
+    return rows  # type: ignore[return-value]
+
+
+def _run_fingerprint(model_cfg: ModelConfig, task: ArithTaskConfig, spec: DecodeSpec,
+                     stage: TrajectoryStageConfig) -> dict[str, Any]:
+    """Everything that changes a row's content (not the shard / chunk layout)."""
+    weights = sorted(Path(model_cfg.path).glob("*.safetensors"))
+    return {
+        "teacher": {"name": model_cfg.name, "weights_sha256": [store.file_sha256(p) for p in weights]},
+        "task": asdict(task), "split": stage.split, "n_prompts": stage.n_prompts,
+        "decode": asdict(spec), "temperatures": list(stage.temperatures),
+    }
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    stage = load_section(cfg.stage, TrajectoryStageConfig, "stage")
+    task = load_section(cfg.task, ArithTaskConfig, "task")
+    dec = load_section(cfg.decode, DecodeConfig, "decode")
+    model_cfg = load_section(cfg.model, ModelConfig, "model")
+    threads = setup_run(cfg)
+    device = resolve_device(str(cfg.get("device", "auto")))
+    lm, tokenizer = load_model(model_cfg, device=device)
+    check_fits(lm, task, dec)
+    spec = decode_spec(dec)
+
+    problems = task_splits(task)[stage.split][: stage.n_prompts]
+    n = len(problems)
+    start, end = store.shard_range(n, stage.shard, stage.num_shards)
+    layout = store.chunk_layout(start, end, stage.chunk_size)
+    out_dir = Path(stage.out_dir)
+    directory = store.shard_dir(out_dir, stage.shard, stage.num_shards)
+    config = _run_fingerprint(model_cfg, task, spec, stage)
+    fp = store.fingerprint(config)
+    if stage.overwrite:
+        shutil.rmtree(directory, ignore_errors=True)
+    store.write_run_info(directory, {"fingerprint": fp, "shard": stage.shard, "num_shards": stage.num_shards,
+                                     "layout": [list(ids) for ids in layout], "config": config})
+
+    pending = [(c, ids) for c, ids in enumerate(layout) if store.chunk_status(directory, c, fp, ids) == "missing"]
+    if pending and layout:
+        shutil.rmtree(out_dir / "merged", ignore_errors=True)  # any new chunk makes an old merge stale
+    log.info("trajectory shard %d/%d: samples %d..%d, %d of %d chunks to do -> %s", stage.shard, stage.num_shards,
+             start, end - 1, len(pending), len(layout), directory)
+    done_before = sum(hi - lo for _, (lo, hi) in enumerate(layout)) - sum(hi - lo for _, (lo, hi) in pending)
+    bar = tqdm(total=end - start, initial=done_before, desc=f"trajectories shard {stage.shard}", unit="sample",
+               dynamic_ncols=True)
+    tic = time.perf_counter()
+    for chunk, (lo, hi) in pending:
+        rows = label_problems(lm, tokenizer, problems[lo:hi], list(range(lo, hi)), spec, list(stage.temperatures),
+                              task.prompt_length, dec.batch_size)
+        store.write_chunk(directory, chunk, rows, fp, (lo, hi))
+        bar.update(hi - lo)
+    bar.close()
+    wall = time.perf_counter() - tic
+    labelled = sum(hi - lo for _, (lo, hi) in pending)
+
+    shard = store.read_shard(directory, fp, layout)
+    summary = {
+        "stage": "trajectory", "out_dir": str(out_dir), "shard": stage.shard, "num_shards": stage.num_shards,
+        "samples": len(shard), "labelled_now": labelled, "resumed_chunks": len(layout) - len(pending),
+        "correct_fraction": sum(shard["is_correct"]) / max(1, len(shard)),
+        "mean_nfe": sum(shard["nfe"]) / max(1, len(shard)),
+        "samples_per_s": labelled / wall if labelled and wall > 0 else None, "wall_s": round(wall, 2),
+        "fingerprint": fp, "decode": asdict(spec), "temperatures": list(stage.temperatures),
+        **provenance(threads),
+    }
+    if stage.num_shards == 1:
+        summary["merged"] = str(out_dir / "merged")
+        store.merge_shards(out_dir)
+    atomic_write_json(Path(output_dir_of(cfg)) / "metrics.json", summary)
+    rate = f"{summary['samples_per_s']:.1f} samples/s" if summary["samples_per_s"] else "nothing new"
+    log.info("trajectory: %d samples (%d new, %s), %.1f%% correct, %.1f forwards/sample -> %s", len(shard), labelled,
+             rate, 100 * summary["correct_fraction"], summary["mean_nfe"], directory)
+    return summary
+
+
+def run_merge(cfg: DictConfig) -> dict[str, Any]:
+    """stage=trajectory_merge: verify every shard and concatenate them in order into `<out_dir>/merged`."""
+    from d3llm_pipeline.config.schema import TrajectoryMergeStageConfig
+
+    stage = load_section(cfg.stage, TrajectoryMergeStageConfig, "stage")
+    merged = store.merge_shards(stage.out_dir)
+    summary = {"stage": "trajectory_merge", "out_dir": stage.out_dir, "rows": len(merged),
+               "correct_fraction": sum(merged["is_correct"]) / max(1, len(merged))}
+    atomic_write_json(Path(output_dir_of(cfg)) / "metrics.json", summary)
+    log.info("merged %d trajectory rows -> %s", len(merged), Path(stage.out_dir) / "merged")
+    return summary
