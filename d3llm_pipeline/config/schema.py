@@ -105,6 +105,7 @@ class TinyArchConfig:
     n_head: int = 4
     dropout: float = 0.0
     init_std: float = 0.02
+    embed_init_std: float | None = None  # token + position embeddings; None = init_std
 
     def __post_init__(self) -> None:
         _check(self.n_embd % self.n_head == 0, f"model.arch.n_head ({self.n_head}) must divide model.arch.n_embd "
@@ -211,6 +212,98 @@ class TrajectoryImportStageConfig:
         _check(self.limit is None or self.limit >= 1, f"stage.limit must be >= 1 or null, got {self.limit}")
 
 
+@dataclass
+class LoraConfig:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["c_attn", "c_proj", "c_fc"])
+
+    def __post_init__(self) -> None:
+        _check(self.r >= 1, f"distill.lora.r must be >= 1, got {self.r}")
+        _check(self.alpha > 0, f"distill.lora.alpha must be > 0, got {self.alpha}")
+        _check(0 <= self.dropout < 1, f"distill.lora.dropout must be in [0, 1), got {self.dropout}")
+        _check(len(self.target_modules) >= 1, "distill.lora.target_modules must name at least one module")
+
+
+@dataclass
+class DistillLossSection:
+    complementary: bool = True
+    entropy_weight: float = 2.0
+    entropy_temperature: float = 0.5
+    entropy_on_complementary: bool = False
+    scale: float = 0.25
+
+    def __post_init__(self) -> None:
+        _check(self.entropy_weight >= 0, f"distill.loss.entropy_weight must be >= 0, got {self.entropy_weight}")
+        _check(self.entropy_temperature > 0,
+               f"distill.loss.entropy_temperature must be > 0, got {self.entropy_temperature}")
+        _check(self.scale > 0, f"distill.loss.scale must be > 0, got {self.scale}")
+
+
+@dataclass
+class CurriculumConfig:
+    mask_ratio: str = "linear"  # linear: lower bound rises r_min -> r_max over training | off: fixed range
+    r_min: float = 0.0
+    r_max: float = 0.8
+    window: str = "epochs"  # epochs: per-epoch list, interpolated within each epoch | off: fixed_window
+    window_sizes: list[int] = field(default_factory=lambda: [8, 16])
+    fixed_window: int = 16
+
+    def __post_init__(self) -> None:
+        _check(self.mask_ratio in ("linear", "off"),
+               f"distill.curriculum.mask_ratio must be linear or off, got {self.mask_ratio!r}")
+        _check(self.window in ("epochs", "off"), f"distill.curriculum.window must be epochs or off, got {self.window!r}")
+        _check(0 <= self.r_min <= self.r_max <= 1,
+               f"distill.curriculum needs 0 <= r_min <= r_max <= 1, got r_min={self.r_min} r_max={self.r_max}")
+        _check(len(self.window_sizes) >= 1 and min(self.window_sizes) >= 1,
+               f"distill.curriculum.window_sizes must be positive sizes, got {self.window_sizes}")
+        _check(self.fixed_window >= 1, f"distill.curriculum.fixed_window must be >= 1, got {self.fixed_window}")
+
+
+@dataclass
+class DistillConfig:
+    name: str = "d3llm"
+    masking: str = "trajectory"  # trajectory (d3LLM) | random (the naive-random-mask baseline, dParallel)
+    targets: str = "teacher"  # teacher (self-distillation on its own outputs) | reference (the task's answers)
+    only_correct: bool = True  # keep only trajectories whose answer the teacher got right
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    loss: DistillLossSection = field(default_factory=DistillLossSection)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.masking in ("trajectory", "random"),
+               f"distill.masking must be trajectory or random, got {self.masking!r}")
+        _check(self.targets in ("teacher", "reference"),
+               f"distill.targets must be teacher or reference, got {self.targets!r}")
+
+
+@dataclass
+class DistillStageConfig:
+    name: str = "distill"
+    trajectories: str = "outputs/artifacts/trajectories/tiny-teacher"
+    teacher_path: str = "outputs/artifacts/teacher"
+    out_dir: str = "outputs/artifacts/student"
+    epochs: int = 6
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup_steps: int = 20
+    min_lr_ratio: float = 1.0  # 1.0 = constant after warm-up (d3LLM LLaDA); < 1 = cosine decay
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    val_every: int = 200
+    val_problems: int = 200
+    checkpoint_every: int = 100
+    resume: bool = True
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "batch_size", "val_every", "checkpoint_every"):
+            _check(getattr(self, key) >= 1, f"stage.{key} must be >= 1, got {getattr(self, key)}")
+        _check(self.lr > 0, f"stage.lr must be > 0, got {self.lr}")
+        _check(0 <= self.min_lr_ratio <= 1, f"stage.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
+
 # stage name -> schema of its `stage` section (the dispatcher's registry lives in d3llm_pipeline.stages)
 STAGE_SCHEMAS: dict[str, type] = {
     "teacher": TeacherStageConfig,
@@ -218,6 +311,7 @@ STAGE_SCHEMAS: dict[str, type] = {
     "trajectory": TrajectoryStageConfig,
     "trajectory_merge": TrajectoryMergeStageConfig,
     "trajectory_import": TrajectoryImportStageConfig,
+    "distill": DistillStageConfig,
 }
 
 T = TypeVar("T")

@@ -59,6 +59,7 @@ def adapter_for(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast) -> H
 def build_tiny_teacher(
     tokenizer: PreTrainedTokenizerFast, max_positions: int, n_embd: int = 128, n_layer: int = 4,
     n_head: int = 4, dropout: float = 0.0, seed: int | None = None, init_std: float = 0.02,
+    embed_init_std: float | None = None,
 ) -> HFDiffusionAdapter:
     """A randomly initialised tiny teacher (seeded when `seed` is given) wrapped in the adapter."""
     if seed is not None:
@@ -68,7 +69,14 @@ def build_tiny_teacher(
         n_head=n_head, dropout=dropout, pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id, init_std=init_std,
     )
-    return adapter_for(GPT2LMHeadModel(config), tokenizer)
+    model = GPT2LMHeadModel(config)
+    if embed_init_std is not None:
+        # Large, nearly orthogonal token and position embeddings keep identity and position salient in the
+        # residual stream, which is what copying operands and position-based lookups need (see README).
+        with torch.no_grad():
+            model.transformer.wte.weight.normal_(0.0, embed_init_std)
+            model.transformer.wpe.weight.normal_(0.0, embed_init_std)
+    return adapter_for(model, tokenizer)
 
 
 def save_tiny_teacher(lm: HFDiffusionAdapter, tokenizer: PreTrainedTokenizerFast, path: str | Path) -> None:

@@ -26,6 +26,7 @@ STAGES = {
     "trajectory": "d3llm_pipeline.stages.trajectory:run",
     "trajectory_merge": "d3llm_pipeline.stages.trajectory:run_merge",
     "trajectory_import": "d3llm_pipeline.stages.trajectory_import:run",
+    "distill": "d3llm_pipeline.stages.distill:run",
 }
 
 

@@ -92,7 +92,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     arch = model_cfg.arch
     lm = build_tiny_teacher(tokenizer, max_positions=task.prompt_length + task.gen_length, n_embd=arch.n_embd,
                             n_layer=arch.n_layer, n_head=arch.n_head, dropout=arch.dropout, seed=int(cfg.seed),
-                            init_std=arch.init_std)
+                            init_std=arch.init_std, embed_init_std=arch.embed_init_std)
     data = ArithDataModule(task, tokenizer, stage.batch_size, int(cfg.seed), stage.val_problems)
     evaluator = functools.partial(_validation_evaluator, tokenizer=tokenizer, problems=data.val_problems,
                                   spec=decode_spec(val_decode), prompt_length=task.prompt_length,
@@ -117,14 +117,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     wall = time.perf_counter() - start
-    if trainer.global_step < stage.max_steps:
-        raise RuntimeError(f"training stopped at step {trainer.global_step} of {stage.max_steps}; rerun to resume")
+    if trainer.interrupted:  # (global_step is not carried back to the main process by spawn strategies)
+        raise RuntimeError(f"training was interrupted before step {stage.max_steps}; rerun to resume")
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     summary = {
         "stage": "teacher",
         "model": {"name": model_cfg.name, "path": str(final), "parameters": n_params},
-        "steps": trainer.global_step,
+        "steps": stage.max_steps,
         "batch_size": stage.batch_size,
         "wall_s": round(wall, 1),
         "resumed": ckpt_path is not None,
@@ -134,6 +134,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     _publish(module, tokenizer, final, summary)
     atomic_write_json(out_dir / "metrics.json", summary)
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # the published HF checkpoint is the product now
-    log.info("teacher: %d steps in %.0f s (val/accuracy %s) -> %s", trainer.global_step, wall,
+    log.info("teacher: %d steps in %.0f s (val/accuracy %s) -> %s", stage.max_steps, wall,
              metrics.get("val/accuracy"), final)
     return summary

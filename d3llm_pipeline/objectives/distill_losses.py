@@ -1,0 +1,95 @@
+"""d3LLM distillation losses (method.md §3): masked CE, complementary CE and an entropy penalty, pure torch.
+
+    cfg = DistillLossConfig()                                   # LLaDA recipe: (CE + CE' + 2 H) / 4
+    out = distill_loss(logits, logits_comp, targets_full, primary, complement, cfg)
+    out["loss"].backward()                                      # other keys are for logging
+
+All masks here cover the full sequence (prompt + generation region); the caller pads the (B, G) region masks
+with False over the prompt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from d3llm_pipeline.objectives.losses import masked_cross_entropy
+
+# Inside the log of the entropy, exactly as in the d3LLM trainer, so our values match the reference.
+_LOG_EPS = 1e-12
+
+
+def entropy_on_correct(
+    logits: torch.Tensor, targets: torch.Tensor, masked: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Mean predictive entropy over masked positions whose raw-logit argmax equals the target.
+
+    q = softmax(logits / T) in float32, H_tok = -sum q log(q + 1e-12). Penalising it on already-correct
+    predictions sharpens them, so more tokens pass the confidence/entropy threshold at decode time.
+    Returns a scalar; 0 (with a graph, so backward still works) when no position qualifies.
+
+    logits: (B, L, V); targets, masked: (B, L).
+    """
+    correct = masked & (logits.argmax(dim=-1) == targets)  # (B, L)
+    # Select before the softmax: only a few positions qualify and V can be ~100k.
+    selected = logits[correct].float()  # (N, V)
+    if selected.shape[0] == 0:
+        return logits.sum() * 0.0
+    q = torch.softmax(selected / temperature, dim=-1)  # (N, V)
+    h_tok = -(q * torch.log(q + _LOG_EPS)).sum(dim=-1)  # (N,)
+    return h_tok.mean()
+
+
+@dataclass(frozen=True)
+class DistillLossConfig:
+    """Weights of the distillation loss: total = scale * (CE + [CE'] + entropy_weight * (H + [H'])).
+
+    Defaults follow the d3LLM LLaDA recipe, total = (CE + CE' + 2 * H) / 4 with H from the primary pass only.
+    Dream: entropy_weight=1.0, entropy_on_complementary=True -> (CE + CE' + H + H') / 4.
+    Dream-Coder: complementary=False, entropy_weight=1.0 -> (CE + H) / 4.
+    """
+
+    complementary: bool = True  # second forward on the complementary mask (dParallel-style CE')
+    entropy_weight: float = 2.0  # LLaDA 2.0; Dream / Dream-Coder 1.0; 0 turns the term off
+    entropy_temperature: float = 0.5  # softmax temperature of the entropy term (all d3LLM recipes)
+    entropy_on_complementary: bool = False  # Dream adds H' on the complementary pass; needs complementary
+    scale: float = 0.25  # the reference's constant /4 (coincides with its grad-accumulation of 4)
+
+
+def _zero(like: torch.Tensor) -> torch.Tensor:
+    """A float32 scalar zero on `like`'s device, for terms that are switched off."""
+    return torch.zeros((), dtype=torch.float32, device=like.device)
+
+
+def distill_loss(
+    logits: torch.Tensor,
+    logits_comp: torch.Tensor | None,
+    targets_full: torch.Tensor,
+    primary: torch.Tensor,
+    complement: torch.Tensor,
+    cfg: DistillLossConfig,
+) -> dict[str, torch.Tensor]:
+    """Total distillation loss and its terms.
+
+    logits, logits_comp: (B, L, V) from the primary / complementary forwards (logits_comp may be None when
+    cfg.complementary is False); targets_full: (B, L) clean sequence; primary, complement: (B, L) bool masks.
+    Returns "loss", "ce", "ce_comp", "entropy", "entropy_comp" (scalars; 0 for terms that are off). The entropy
+    terms count as off when entropy_weight == 0; entropy_comp also needs the complementary pass.
+    """
+    if cfg.complementary and logits_comp is None:
+        raise ValueError("cfg.complementary is True but no complementary logits were given")
+    use_entropy = cfg.entropy_weight != 0.0
+    temp = cfg.entropy_temperature
+
+    ce = masked_cross_entropy(logits, targets_full, primary)
+    entropy = entropy_on_correct(logits, targets_full, primary, temp) if use_entropy else _zero(logits)
+    ce_comp, entropy_comp = _zero(logits), _zero(logits)
+    if cfg.complementary:
+        assert logits_comp is not None  # checked above; narrows the type
+        ce_comp = masked_cross_entropy(logits_comp, targets_full, complement)
+        if use_entropy and cfg.entropy_on_complementary:
+            entropy_comp = entropy_on_correct(logits_comp, targets_full, complement, temp)
+
+    total = cfg.scale * (ce + ce_comp + cfg.entropy_weight * (entropy + entropy_comp))
+    return {"loss": total, "ce": ce, "ce_comp": ce_comp, "entropy": entropy, "entropy_comp": entropy_comp}

@@ -1,0 +1,113 @@
+"""stage=distill: train a LoRA student on the teacher's pseudo-trajectories (d3LLM), write adapter + merged model.
+
+    python -m d3llm_pipeline stage=distill                         # the embedded teacher + its trajectories
+    python -m d3llm_pipeline stage=distill distill=dparallel       # certainty-forcing baseline
+    python -m d3llm_pipeline stage=eval model=student              # evaluate the merged student
+
+Outputs under `stage.out_dir` (default outputs/artifacts/student): `adapter/` (PEFT format) and `merged/` (an HF
+checkpoint loaded exactly like the teacher). Interrupted runs resume from `<out_dir>.lightning/last.ckpt`
+with the same curriculum values and batches as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig
+
+from d3llm_pipeline.config.schema import (
+    ArithTaskConfig,
+    DecodeConfig,
+    DistillConfig,
+    DistillStageConfig,
+    load_section,
+)
+from d3llm_pipeline.models.lora import make_student, save_student
+from d3llm_pipeline.runtime import atomic_write_json, provenance
+from d3llm_pipeline.stages import output_dir_of
+from d3llm_pipeline.stages.common import decode_spec, setup_run, task_splits
+from d3llm_pipeline.stages.teacher import SUMMARY_FILE, _trainer_kwargs, _validation_evaluator
+from d3llm_pipeline.training.curriculum import MaskRatioCurriculum, WindowCurriculum
+from d3llm_pipeline.training.distill_data import DistillDataModule
+from d3llm_pipeline.training.distill_module import DistillModule
+from d3llm_pipeline.training.loggers import make_lightning_logger
+
+log = logging.getLogger(__name__)
+
+
+def _world_size(cfg: DictConfig) -> int:
+    devices = cfg.trainer.get("devices", 1)
+    return devices if isinstance(devices, int) and devices > 0 else 1
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    stage = load_section(cfg.stage, DistillStageConfig, "stage")
+    distill = load_section(cfg.distill, DistillConfig, "distill")
+    task = load_section(cfg.task, ArithTaskConfig, "task")
+    val_decode = load_section(cfg.decode, DecodeConfig, "decode")
+    threads = setup_run(cfg)
+    out_dir = Path(stage.out_dir)
+    if (out_dir / "merged" / SUMMARY_FILE).is_file() and not stage.overwrite:
+        log.info("student already distilled at %s; reusing it (stage.overwrite=true retrains)", out_dir)
+        return json.loads((out_dir / "merged" / SUMMARY_FILE).read_text())
+    ckpt_dir = out_dir.with_name(out_dir.name + ".lightning")
+    if stage.overwrite:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    student, tokenizer = make_student(stage.teacher_path, distill.lora)
+    data = DistillDataModule(stage.trajectories, stage.batch_size, int(cfg.seed), distill.targets,
+                             distill.only_correct, stage.epochs)
+    steps_per_epoch = data.prepare(_world_size(cfg))
+    max_steps = stage.epochs * steps_per_epoch
+    val_problems = task_splits(task)["validation"][: stage.val_problems]
+    evaluator = functools.partial(_validation_evaluator, tokenizer=tokenizer, problems=val_problems,
+                                  spec=decode_spec(val_decode), prompt_length=task.prompt_length,
+                                  batch_size=val_decode.batch_size)
+    module = DistillModule(student, distill, lr=stage.lr, weight_decay=stage.weight_decay,
+                           warmup_steps=stage.warmup_steps, max_steps=max_steps, min_lr_ratio=stage.min_lr_ratio,
+                           seed=int(cfg.seed), val_every=stage.val_every, evaluator=evaluator)
+    curriculum = distill.curriculum
+    callbacks = [
+        MaskRatioCurriculum(curriculum.mask_ratio == "linear", curriculum.r_min, curriculum.r_max, max_steps),
+        WindowCurriculum(curriculum.window == "epochs", curriculum.window_sizes, curriculum.fixed_window,
+                         max_steps),
+        ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=stage.checkpoint_every, save_last=True, save_top_k=0),
+    ]
+    trainer = L.Trainer(**_trainer_kwargs(cfg), max_steps=max_steps, max_epochs=-1,
+                        logger=make_lightning_logger(cfg, "distill"), callbacks=callbacks, num_sanity_val_steps=0,
+                        limit_val_batches=0, gradient_clip_val=stage.grad_clip, default_root_dir=output_dir_of(cfg))
+    resume_from = ckpt_dir / "last.ckpt"
+    ckpt_path = str(resume_from) if stage.resume and resume_from.is_file() else None
+    trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
+    log.info("distill %s: %d LoRA parameters, %d steps (%d epochs x %d), %d threads%s", distill.name, trainable,
+             max_steps, stage.epochs, steps_per_epoch, threads, f", resuming {ckpt_path}" if ckpt_path else "")
+
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    wall = time.perf_counter() - start
+    if trainer.interrupted:  # (global_step is not carried back to the main process by spawn strategies)
+        raise RuntimeError(f"distillation was interrupted before step {max_steps}; rerun to resume")
+    summary = {
+        "stage": "distill", "recipe": asdict(distill), "steps": max_steps, "epochs": stage.epochs,
+        "steps_per_epoch": steps_per_epoch, "trajectories": len(data.tensors["targets"]), "lora_parameters": trainable,
+        "wall_s": round(wall, 1), "resumed": ckpt_path is not None, "teacher": stage.teacher_path,
+        "final_metrics": {k: float(v) for k, v in trainer.callback_metrics.items()}, **provenance(threads),
+    }
+    if trainer.is_global_zero:
+        _, merged = save_student(module.student, tokenizer, out_dir)
+        atomic_write_json(merged / SUMMARY_FILE, summary)
+        atomic_write_json(Path(output_dir_of(cfg)) / "metrics.json", summary)
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    log.info("distill: %d steps in %.0f s (val/accuracy %s) -> %s", max_steps, wall,
+             summary["final_metrics"].get("val/accuracy"), out_dir)
+    return summary

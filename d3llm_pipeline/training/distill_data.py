@@ -1,0 +1,91 @@
+"""Distillation data: trajectory rows as tensors, served as *step-indexed* batches for exact resumption.
+
+The batch of optimiser step s (on rank k of W) is a pure function of (seed, s): epoch e = s // steps_per_epoch
+picks a permutation seeded by (seed, e), and s's slice of it. A run resumed from a checkpoint at step s
+therefore sees exactly the batches an uninterrupted run would (Lightning would otherwise restart the epoch's
+DataLoader from its first batch).
+
+    data = DistillDataModule(trajectory_dir, batch_size=32, seed=0, targets="teacher", only_correct=True)
+"""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from d3llm_pipeline.config.schema import ConfigError
+from d3llm_pipeline.trajectories.store import load_trajectories
+
+log = logging.getLogger(__name__)
+
+
+def load_distill_tensors(trajectory_dir: str, targets: str, only_correct: bool) -> dict[str, torch.Tensor]:
+    """prompt_ids (N, P), targets (N, G), unmask_step (N, G) from a trajectory dataset."""
+    ds = load_trajectories(trajectory_dir)
+    if only_correct:
+        ds = ds.filter(lambda ok: ok, input_columns="is_correct")
+    if len(ds) == 0:
+        raise ConfigError(f"no usable trajectories in {trajectory_dir} (distill.only_correct={only_correct}); "
+                          "label more prompts with stage=trajectory or set distill.only_correct=false")
+    column = "response_ids" if targets == "teacher" else "reference_ids"
+    rows = ds.with_format("torch", columns=["prompt_ids", column, "unmask_step"])[:]  # dict of stacked tensors
+    tensors = {"prompt_ids": rows["prompt_ids"].long(), "targets": rows[column].long(),
+               "unmask_step": rows["unmask_step"].long()}
+    if tensors["targets"].shape != tensors["unmask_step"].shape:
+        raise ConfigError(f"distill.targets={targets}: targets {tuple(tensors['targets'].shape)} do not match the "
+                          f"trajectories {tuple(tensors['unmask_step'].shape)} (reference responses missing?)")
+    return tensors
+
+
+class StepBatches(IterableDataset):
+    """Yields the batches of steps start_step, start_step + 1, ..., max_steps - 1 for one rank."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], batch_size: int, seed: int, start_step: int,
+                 max_steps: int, rank: int = 0, world_size: int = 1) -> None:
+        self.tensors, self.batch_size, self.seed = tensors, batch_size, seed
+        self.start_step, self.max_steps, self.rank, self.world = start_step, max_steps, rank, world_size
+        n = len(tensors["targets"])
+        self.steps_per_epoch = n // (batch_size * world_size)
+        if self.steps_per_epoch < 1:
+            raise ConfigError(f"stage.batch_size={batch_size} x {world_size} device(s) exceeds the {n} training "
+                              "trajectories; lower stage.batch_size or label more prompts")
+
+    def batch_indices(self, step: int) -> torch.Tensor:
+        epoch, within = divmod(step, self.steps_per_epoch)
+        order = torch.randperm(len(self.tensors["targets"]),
+                               generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+        lo = (within * self.world + self.rank) * self.batch_size
+        return order[lo : lo + self.batch_size]
+
+    def __iter__(self):
+        for step in range(self.start_step, self.max_steps):
+            idx = self.batch_indices(step)
+            yield {key: value[idx] for key, value in self.tensors.items()}
+
+
+class DistillDataModule(L.LightningDataModule):
+    def __init__(self, trajectory_dir: str, batch_size: int, seed: int, targets: str, only_correct: bool,
+                 epochs: int) -> None:
+        super().__init__()
+        self.trajectory_dir, self.batch_size, self.seed = trajectory_dir, batch_size, seed
+        self.targets, self.only_correct, self.epochs = targets, only_correct, epochs
+        self.tensors: dict[str, torch.Tensor] | None = None
+
+    def prepare(self, world_size: int = 1) -> int:
+        """Load the data; returns steps per epoch (for the schedules)."""
+        if self.tensors is None:
+            self.tensors = load_distill_tensors(self.trajectory_dir, self.targets, self.only_correct)
+            log.info("distill data: %d trajectories from %s", len(self.tensors["targets"]), self.trajectory_dir)
+        return StepBatches(self.tensors, self.batch_size, self.seed, 0, 1, 0, world_size).steps_per_epoch
+
+    def train_dataloader(self) -> DataLoader:
+        world = self.trainer.world_size if self.trainer else 1
+        rank = self.trainer.global_rank if self.trainer else 0
+        steps_per_epoch = self.prepare(world)
+        start = self.trainer.global_step if self.trainer else 0  # restored before dataloaders are built
+        dataset = StepBatches(self.tensors, self.batch_size, self.seed, start, self.epochs * steps_per_epoch,
+                              rank, world)
+        return DataLoader(dataset, batch_size=None)

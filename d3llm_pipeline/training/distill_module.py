@@ -1,0 +1,118 @@
+"""LightningModule for d3LLM distillation: noisy windows from trajectories, CE + complementary CE + entropy.
+
+Thin glue over the pure core (objectives.distill_masking / distill_losses / schedules). Each step draws its
+randomness (mask ratio, windows, random masks) from a generator seeded by (seed, global step, rank), so a run
+resumed from a checkpoint reproduces the uninterrupted run's losses exactly. Primary and complementary inputs
+go through the student in one forward of 2B rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+import lightning as L
+import torch
+
+from d3llm_pipeline.config.schema import DistillConfig
+from d3llm_pipeline.objectives.distill_losses import DistillLossConfig, distill_loss
+from d3llm_pipeline.objectives.distill_masking import (
+    apply_masks,
+    count_invalid_trajectories,
+    random_masks,
+    response_lengths,
+    sample_windows,
+    trajectory_masks,
+)
+from d3llm_pipeline.objectives.schedules import lr_multiplier, sample_mask_ratio
+
+
+class DistillModule(L.LightningModule):
+    def __init__(self, student: torch.nn.Module, distill: DistillConfig, lr: float, weight_decay: float,
+                 warmup_steps: int, max_steps: int, min_lr_ratio: float, seed: int, val_every: int,
+                 evaluator: Callable[[torch.nn.Module], dict[str, Any]] | None = None) -> None:
+        super().__init__()
+        self.student = student  # HFDiffusionAdapter over a PeftModel (only LoRA weights trainable)
+        self.distill = distill
+        self.loss_cfg = DistillLossConfig(**asdict(distill.loss))
+        self.evaluator = evaluator
+        self.save_hyperparameters({"distill": asdict(distill), "lr": lr, "weight_decay": weight_decay,
+                                   "warmup_steps": warmup_steps, "max_steps": max_steps,
+                                   "min_lr_ratio": min_lr_ratio, "seed": seed, "val_every": val_every})
+        # Set by the curriculum callbacks before every batch.
+        self.mask_ratio_progress = 0.0
+        self.window = distill.curriculum.fixed_window
+
+    def _generator(self) -> torch.Generator:
+        # Per-step (and per-rank) seed: the draws of step s never depend on what ran before it.
+        seed = (self.hparams.seed * 1_000_003 + self.global_step) * 64 + self.global_rank
+        return torch.Generator().manual_seed(seed)
+
+    def noisy_masks(self, batch: dict[str, torch.Tensor], generator: torch.Generator):
+        """(primary, complement) (B, G) masks, the mask ratio drawn and the fallback fraction."""
+        curriculum = self.distill.curriculum
+        ratio = sample_mask_ratio(self.mask_ratio_progress, curriculum.r_min, curriculum.r_max, generator)
+        targets, steps = batch["targets"], batch["unmask_step"]
+        lengths = response_lengths(targets, self.student.eos_token_id)
+        # Random draws happen on the CPU generator (same numbers on any device), then move to the batch's device.
+        start_cpu, end_cpu = sample_windows(lengths.cpu(), self.window, targets.shape[1], generator)
+        device = targets.device
+        if self.distill.masking == "random":  # the naive-random-mask baseline: its own explicit path
+            primary, complement = random_masks(start_cpu, end_cpu, targets.shape[1], ratio, generator)
+            return primary.to(device), complement.to(device), ratio, 0.0
+        primary, complement = trajectory_masks(steps, start_cpu.to(device), end_cpu.to(device), ratio)
+        invalid = count_invalid_trajectories(steps)  # (B,) rows with never-revealed positions
+        fallback = float(invalid.float().mean())
+        if fallback > 0:  # counted and logged as distill/fallback_frac, never silently the baseline
+            rand_p, rand_c = random_masks(start_cpu, end_cpu, targets.shape[1], ratio, generator)
+            primary = torch.where(invalid[:, None], rand_p.to(device), primary)
+            complement = torch.where(invalid[:, None], rand_c.to(device), complement)
+        return primary, complement, ratio, fallback
+
+    def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], float, float]:
+        prompt, targets = batch["prompt_ids"], batch["targets"]  # (B, P), (B, G)
+        primary, complement, ratio, fallback = self.noisy_masks(batch, self._generator())
+        mask_id = self.student.mask_token_id
+        inputs = apply_masks(prompt, targets, primary, mask_id)  # (B, P+G)
+        no_prompt = torch.zeros_like(prompt, dtype=torch.bool)  # the prompt is never in the loss
+        primary_full = torch.cat([no_prompt, primary], dim=1)
+        complement_full = torch.cat([no_prompt, complement], dim=1)
+        full_targets = torch.cat([prompt, targets], dim=1)
+        if self.loss_cfg.complementary:
+            both = torch.cat([inputs, apply_masks(prompt, targets, complement, mask_id)])  # (2B, P+G)
+            logits, logits_comp = self.student.logits(both).chunk(2)
+        else:
+            logits, logits_comp = self.student.logits(inputs), None
+        terms = distill_loss(logits, logits_comp, full_targets, primary_full, complement_full, self.loss_cfg)
+        return terms, ratio, fallback
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        terms, ratio, fallback = self.compute_loss(batch)
+        self.log("train/loss", terms["loss"], prog_bar=True)
+        for key in ("ce", "ce_comp", "entropy", "entropy_comp"):
+            self.log(f"train/{key}", terms[key])
+        self.log("train/mask_ratio_sampled", ratio)
+        self.log("distill/fallback_frac", fallback)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"])
+        return terms["loss"]
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        step = self.global_step
+        if self.evaluator is None or step % self.hparams.val_every and step != self.hparams.max_steps:
+            return
+        self.student.eval()
+        summary = self.evaluator(self.student)
+        self.student.train()
+        self.log("val/accuracy", summary["accuracy"], prog_bar=True)
+        self.log("val/tpf", summary["tpf"], prog_bar=True)
+
+    def configure_optimizers(self):
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: lr_multiplier(step, self.hparams.warmup_steps, self.hparams.max_steps,
+                                       self.hparams.min_lr_ratio),
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

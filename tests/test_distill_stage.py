@@ -1,0 +1,131 @@
+"""Distill stage on a random tiny teacher: LoRA-only updates, adapter save/reload, exact resume, curricula, DDP."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from d3llm_pipeline.config.schema import LoraConfig
+from d3llm_pipeline.models.lora import load_student_adapter, make_student
+from d3llm_pipeline.models.tiny import build_tiny_teacher, load_tiny_teacher, save_tiny_teacher
+from d3llm_pipeline.stages import call_stage
+from d3llm_pipeline.training.distill_module import DistillModule
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose_at(root: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=[f"paths.root_dir={root}", "threads=1", *overrides])
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """A random tiny teacher and 48 of its trajectories (the teacher is bad; only the mechanics matter)."""
+    from d3llm_pipeline.tasks.tokenizer import build_tokenizer
+
+    root = tmp_path_factory.mktemp("distill")
+    tok = build_tokenizer()
+    teacher = build_tiny_teacher(tok, max_positions=88, n_embd=32, n_layer=1, n_head=2, seed=0)
+    save_tiny_teacher(teacher, tok, root / "outputs" / "artifacts" / "teacher")
+    call_stage(compose_at(root, "stage=trajectory", "stage.n_prompts=48", "task.n_train=100",
+                          f"+output_dir={root / 'run_traj'}"))
+    return root
+
+
+def distill_overrides(root: Path, out: str, *extra: str) -> list[str]:
+    return ["stage=distill", "distill.only_correct=false", "distill.lora.r=4", "stage.batch_size=8",
+            "stage.epochs=2", "stage.val_every=1000", "stage.val_problems=4", "task.n_val=4",
+            "stage.checkpoint_every=2", "trainer.log_every_n_steps=1", f"stage.out_dir={root / out}",
+            f"+output_dir={root / ('run_' + out)}", *extra]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def losses_by_step(run_dir: Path) -> dict[int, float]:
+    return {int(r["step"]): float(r["train/loss"]) for r in read_csv(run_dir / "csv" / "metrics.csv")
+            if r.get("train/loss")}
+
+
+def test_student_starts_as_the_teacher_and_only_lora_is_trainable(workspace):
+    teacher, _ = load_tiny_teacher(workspace / "outputs" / "artifacts" / "teacher")
+    student, _ = make_student(workspace / "outputs" / "artifacts" / "teacher", LoraConfig(r=4))
+    ids = torch.randint(4, 44, (2, 88), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # LoRA B matrices start at zero: the student is exactly the teacher
+        assert torch.allclose(student.logits(ids), teacher.logits(ids), atol=1e-6)
+    trainable = {n for n, p in student.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(workspace) -> dict:
+    summary = call_stage(compose_at(workspace, *distill_overrides(workspace, "student")))
+    return summary
+
+
+def test_distill_trains_lora_only_and_writes_adapter_and_merged(workspace, uninterrupted):
+    teacher, _ = load_tiny_teacher(workspace / "outputs" / "artifacts" / "teacher")
+    merged, _ = load_tiny_teacher(workspace / "student" / "merged")
+    adapter = load_student_adapter(workspace / "outputs" / "artifacts" / "teacher", workspace / "student" / "adapter")
+    base = dict(teacher.model.named_parameters())
+    for name, param in adapter.model.base_model.model.named_parameters():
+        if "lora_" not in name and name.replace(".base_layer", "") in base:
+            assert torch.equal(param, base[name.replace(".base_layer", "")]), f"{name} changed"
+    lora_b = [p for n, p in adapter.model.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # the adapter really moved
+    ids = torch.randint(4, 44, (3, 88), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reloaded, merged_logits, teacher_logits = adapter.logits(ids), merged.logits(ids), teacher.logits(ids)
+    assert torch.allclose(reloaded, merged_logits, atol=1e-5)  # merged == base + adapter
+    assert not torch.allclose(reloaded, teacher_logits, atol=1e-4)
+    assert uninterrupted["steps"] == 2 * (48 // 8)
+
+
+def test_curricula_are_logged_and_move(workspace, uninterrupted):
+    rows = [r for r in read_csv(workspace / "run_student" / "csv" / "metrics.csv") if r.get("curriculum/window")]
+    ratio = [float(r["curriculum/mask_ratio"]) for r in rows]
+    window = [float(r["curriculum/window"]) for r in rows]
+    assert ratio[0] == 0.0 and ratio[-1] > 0.6 and ratio == sorted(ratio)
+    assert window[0] == 8 and window[-1] == 16 and window == sorted(window)  # distill/tiny: [8,8,12,12,16,16]
+
+
+def test_resumed_run_equals_uninterrupted(workspace, uninterrupted, monkeypatch):
+    original = DistillModule.training_step
+
+    def crash_at_step_5(self, batch, batch_idx):
+        if self.global_step == 5:
+            raise RuntimeError("simulated crash")
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(DistillModule, "training_step", crash_at_step_5)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        call_stage(compose_at(workspace, *distill_overrides(workspace, "resumed")))
+    monkeypatch.setattr(DistillModule, "training_step", original)
+    assert (workspace / "resumed.lightning" / "last.ckpt").is_file()
+    overrides = distill_overrides(workspace, "resumed")
+    overrides[-1] = f"+output_dir={workspace / 'run_resumed2'}"
+    summary = call_stage(compose_at(workspace, *overrides))
+    assert summary["resumed"] is True
+    first, second = losses_by_step(workspace / "run_resumed"), losses_by_step(workspace / "run_resumed2")
+    full = losses_by_step(workspace / "run_student")
+    assert min(second) == 4  # resumed after the step-4 checkpoint (steps are 0-based in the log)
+    for step, loss in {**first, **second}.items():
+        assert loss == pytest.approx(full[step], abs=1e-6), step
+    a, _ = load_tiny_teacher(workspace / "resumed" / "merged")
+    b, _ = load_tiny_teacher(workspace / "student" / "merged")
+    for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
+        assert torch.allclose(pa, pb, atol=1e-6), name
+
+
+def test_ddp_spawn_on_two_cpu_processes(workspace):
+    summary = call_stage(compose_at(workspace, *distill_overrides(workspace, "ddp", "+trainer.strategy=ddp_spawn",
+                                                                  "trainer.devices=2")))
+    assert summary["steps"] == 2 * (48 // (8 * 2))
+    assert (workspace / "ddp" / "merged" / "model.safetensors").is_file()
