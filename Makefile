@@ -29,7 +29,7 @@ eval:  ## evaluate the teacher with vanilla (one token per forward) decoding
 	$(PY) -m d3llm_pipeline stage=eval decode=vanilla
 
 sweep:  ## threshold sweep: one eval job per entropy threshold (Hydra multirun)
-	$(PY) -m d3llm_pipeline -m stage=eval decode=threshold decode.threshold=0.05,0.2,0.5,1.0,1.6
+	$(PY) -m d3llm_pipeline -m stage=eval decode=threshold decode.threshold=0.3,0.6,1.0,1.5,2.2
 
 clean:  ## remove run outputs (keeps outputs/.gitkeep)
 	find outputs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

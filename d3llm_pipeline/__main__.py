@@ -20,6 +20,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+import d3llm_pipeline.config  # noqa: E402,F401  (registers the ${cwd:} resolver)
 from d3llm_pipeline.stages import STAGES, run_stage  # noqa: E402
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"

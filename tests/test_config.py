@@ -73,11 +73,15 @@ def test_decoders_compose_and_follow_the_task_length(decoder):
 
 
 def test_default_responses_span_two_blocks():
+    from statistics import median
+
+    from d3llm_pipeline.tasks.arith import max_response_tokens
+
     cfg = compose_cfg()
     task = load_section(cfg.task, ArithTaskConfig, "task")
     dec = load_section(cfg.decode, DecodeConfig, "decode")
-    shortest_response = 6 * task.min_steps + 1  # 'a op b = c' x steps, commas between, '#### N'
-    assert shortest_response > dec.block_size and task.gen_length >= 64
+    lengths = [max_response_tokens(n) for n in range(task.min_steps, task.max_steps + 1)]  # steps are uniform
+    assert median(lengths) > dec.block_size and task.gen_length >= 64
 
 
 @pytest.mark.parametrize(
@@ -123,3 +127,28 @@ def test_launcher_presets_compose():
         cfg = compose(config_name="config", overrides=["paths.root_dir=/x", "hydra/launcher=slurm"],
                       return_hydra_config=True)
     assert cfg.hydra.launcher.gpus_per_node == 1
+
+
+@pytest.mark.parametrize("recipe", sorted(p.stem for p in (CONF / "distill").glob("*.yaml")))
+def test_every_distill_recipe_validates(recipe):
+    from d3llm_pipeline.config.schema import DistillConfig
+
+    distill = load_section(compose_cfg("stage=distill", f"distill={recipe}").distill, DistillConfig, "distill")
+    assert distill.curriculum.r_min <= distill.curriculum.r_max
+
+
+@pytest.mark.parametrize("model", sorted(p.stem for p in (CONF / "model").glob("*.yaml")))
+def test_every_model_config_validates(model):
+    assert load_section(compose_cfg(f"model={model}").model, ModelConfig, "model").family == "tiny"
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [("distill.masking=oracle", "distill.masking"), ("distill.curriculum.mask_ratio=cosine", "distill.curriculum"),
+     ("distill.curriculum.r_min=0.9", "distill.curriculum"), ("distill.lora.r=0", "distill.lora.r")],
+)
+def test_bad_distill_values_name_the_key(override, key):
+    from d3llm_pipeline.config.schema import DistillConfig
+
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_section(compose_cfg("stage=distill", override).distill, DistillConfig, "distill")

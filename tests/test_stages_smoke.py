@@ -18,10 +18,12 @@ SMOKE_TEACHER = [
 
 
 def cli(root: Path, *overrides: str, multirun: bool = False) -> subprocess.CompletedProcess:
+    """Run the entry point from `root` as the working directory: paths default to <cwd>/outputs."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline"}
-    cmd = [sys.executable, "-m", "d3llm_pipeline", *(["-m"] if multirun else []), f"paths.root_dir={root}",
-           *overrides]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    env.pop("D3LLM_ROOT", None)
+    env.pop("D3LLM_ARTIFACTS", None)
+    cmd = [sys.executable, "-m", "d3llm_pipeline", *(["-m"] if multirun else []), *overrides]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=root)
 
 
 @pytest.fixture(scope="module")
@@ -70,11 +72,10 @@ def test_eval_writes_metrics_and_generations(trained_root):
 
 
 def test_threshold_multirun_writes_one_metrics_per_job(trained_root):
-    sweep = trained_root / "sweep"
     proc = cli(trained_root, "stage=eval", "experiment=smoke", "decode=threshold", "stage.limit=4", "threads=1",
-               "decode.threshold=0.1,2.0", f"hydra.sweep.dir={sweep}", multirun=True)
+               "decode.threshold=0.1,2.0", multirun=True)  # default sweep dir: outputs/multirun/eval/<time>/<job>
     assert proc.returncode == 0, proc.stderr[-3000:]
-    jobs = sorted(sweep.glob("*/metrics.json"))
+    jobs = sorted((trained_root / "outputs" / "multirun" / "eval").glob("*/*/metrics.json"))
     assert len(jobs) == 2
     thresholds = sorted(json.loads(p.read_text())["decoder"]["threshold"] for p in jobs)
     assert thresholds == [0.1, 2.0]

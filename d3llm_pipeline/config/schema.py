@@ -77,7 +77,7 @@ class ArithTaskConfig:
     seed: int = 1234
     prompt_length: int = 24
     gen_length: int = 64
-    min_steps: int = 3
+    min_steps: int = 2
     max_steps: int = 5
     n_train: int = 50000
     n_val: int = 200
@@ -104,7 +104,7 @@ class TinyArchConfig:
     n_layer: int = 4
     n_head: int = 4
     dropout: float = 0.0
-    init_std: float = 0.02
+    init_std: float = 0.1
     embed_init_std: float | None = None  # token + position embeddings; None = init_std
 
     def __post_init__(self) -> None:
@@ -131,18 +131,19 @@ class ModelConfig:
 @dataclass
 class TeacherStageConfig:
     name: str = "teacher"
-    max_steps: int = 1500
+    max_steps: int = 4800
     batch_size: int = 32
     lr: float = 2e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 50
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    val_every: int = 250
+    val_every: int = 500
     val_problems: int = 200
     checkpoint_every: int = 250
     resume: bool = True
     overwrite: bool = False
+    min_train_length: int | None = None  # None: always the full generation region
 
     def __post_init__(self) -> None:
         _check(self.max_steps >= 1, f"stage.max_steps must be >= 1, got {self.max_steps}")

@@ -59,15 +59,16 @@ def evaluate_problems(
         batch = prompts[lo : lo + batch_size].to(device)
         result = decode(lm, batch, spec)
         gen = result.sequences[:, prompt_length:].cpu()
-        nfe_all.append(result.nfe.cpu())
-        tokens_all.append(result.tokens.cpu())
+        nfe_b, tokens_b = result.nfe.cpu(), result.tokens.cpu()  # one device->host copy per batch
+        nfe_all.append(nfe_b)
+        tokens_all.append(tokens_b)
         for i, problem in enumerate(problems[lo : lo + batch_size]):
             text = arith.decode_response(gen[i], tokenizer)
             records.append({
                 "prompt": problem.prompt, "output": text, "reference": problem.response,
                 "answer": problem.answer, "predicted": arith.extract_answer(text),
                 "correct": arith.grade(text, problem.answer), "chain_correct": arith.chain_correct(text),
-                "nfe": int(result.nfe[i]), "tokens": int(result.tokens[i]),
+                "nfe": int(nfe_b[i]), "tokens": int(tokens_b[i]),
             })
         bar.update(len(batch))
         bar.set_postfix(acc=f"{sum(r['correct'] for r in records) / len(records):.3f}")

@@ -98,7 +98,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                   spec=decode_spec(val_decode), prompt_length=task.prompt_length,
                                   batch_size=val_decode.batch_size)
     module = DiffusionSFTModule(lm, lr=stage.lr, weight_decay=stage.weight_decay, warmup_steps=stage.warmup_steps,
-                                max_steps=stage.max_steps, min_lr_ratio=stage.min_lr_ratio, evaluator=evaluator)
+                                max_steps=stage.max_steps, min_lr_ratio=stage.min_lr_ratio, evaluator=evaluator,
+                                min_train_length=stage.min_train_length)
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=stage.checkpoint_every, save_last=True,
                                  save_top_k=0)
     trainer = L.Trainer(

@@ -123,8 +123,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         shutil.rmtree(out_dir / "merged", ignore_errors=True)  # any new chunk makes an old merge stale
     log.info("trajectory shard %d/%d: samples %d..%d, %d of %d chunks to do -> %s", stage.shard, stage.num_shards,
              start, end - 1, len(pending), len(layout), directory)
-    done_before = sum(hi - lo for _, (lo, hi) in enumerate(layout)) - sum(hi - lo for _, (lo, hi) in pending)
-    bar = tqdm(total=end - start, initial=done_before, desc=f"trajectories shard {stage.shard}", unit="sample",
+    n_pending = sum(hi - lo for _, (lo, hi) in pending)
+    bar = tqdm(total=end - start, initial=end - start - n_pending, desc=f"trajectories shard {stage.shard}", unit="sample",
                dynamic_ncols=True)
     tic = time.perf_counter()
     for chunk, (lo, hi) in pending:
@@ -134,15 +134,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         bar.update(hi - lo)
     bar.close()
     wall = time.perf_counter() - tic
-    labelled = sum(hi - lo for _, (lo, hi) in pending)
 
     shard = store.read_shard(directory, fp, layout)
     summary = {
         "stage": "trajectory", "out_dir": str(out_dir), "shard": stage.shard, "num_shards": stage.num_shards,
-        "samples": len(shard), "labelled_now": labelled, "resumed_chunks": len(layout) - len(pending),
+        "samples": len(shard), "labelled_now": n_pending, "resumed_chunks": len(layout) - len(pending),
         "correct_fraction": sum(shard["is_correct"]) / max(1, len(shard)),
         "mean_nfe": sum(shard["nfe"]) / max(1, len(shard)),
-        "samples_per_s": labelled / wall if labelled and wall > 0 else None, "wall_s": round(wall, 2),
+        "samples_per_s": n_pending / wall if n_pending and wall > 0 else None, "wall_s": round(wall, 2),
         "fingerprint": fp, "decode": asdict(spec), "temperatures": list(stage.temperatures),
         **provenance(threads),
     }
@@ -151,7 +150,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         store.merge_shards(out_dir)
     atomic_write_json(Path(output_dir_of(cfg)) / "metrics.json", summary)
     rate = f"{summary['samples_per_s']:.1f} samples/s" if summary["samples_per_s"] else "nothing new"
-    log.info("trajectory: %d samples (%d new, %s), %.1f%% correct, %.1f forwards/sample -> %s", len(shard), labelled,
+    log.info("trajectory: %d samples (%d new, %s), %.1f%% correct, %.1f forwards/sample -> %s", len(shard), n_pending,
              rate, 100 * summary["correct_fraction"], summary["mean_nfe"], directory)
     return summary
 

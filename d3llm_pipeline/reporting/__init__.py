@@ -1,0 +1,1 @@
+"""Reporting: AUP (accuracy under parallelism) and, later, sweep aggregation, tables and plots."""
