@@ -33,7 +33,7 @@ class DistillModule(L.LightningModule):
                  warmup_steps: int, max_steps: int, min_lr_ratio: float, seed: int, val_every: int,
                  evaluator: Callable[[torch.nn.Module], dict[str, Any]] | None = None) -> None:
         super().__init__()
-        self.student = student  # HFDiffusionAdapter over a PeftModel (only LoRA weights trainable)
+        self.student = student.train()  # HFDiffusionAdapter over a PeftModel (only LoRA weights trainable)
         self.distill = distill
         self.loss_cfg = DistillLossConfig(**asdict(distill.loss))
         self.evaluator = evaluator
