@@ -31,6 +31,13 @@ def _check(cond: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _check_counts(section: object, prefix: str, *keys: str) -> None:
+    """Each named field must be an integer >= 1 (sizes, steps, intervals)."""
+    for key in keys:
+        value = getattr(section, key)
+        _check(value >= 1, f"{prefix}.{key} must be >= 1, got {value}")
+
+
 @dataclass
 class DecodeConfig:
     name: str = "threshold"
@@ -94,8 +101,7 @@ class ArithTaskConfig:
         need = max_prompt_tokens(self.max_steps)
         _check(self.prompt_length >= need, f"task.prompt_length must be >= {need} for "
                f"task.max_steps={self.max_steps}, got {self.prompt_length}")
-        for key in ("n_train", "n_val", "n_test"):
-            _check(getattr(self, key) >= 1, f"task.{key} must be >= 1, got {getattr(self, key)}")
+        _check_counts(self, "task", "n_train", "n_val", "n_test")
 
 
 @dataclass
@@ -152,8 +158,7 @@ class TeacherStageConfig:
         _check(0 <= self.min_lr_ratio <= 1, f"stage.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         _check(0 <= self.warmup_steps < self.max_steps,
                f"stage.warmup_steps must be in [0, stage.max_steps={self.max_steps}), got {self.warmup_steps}")
-        for key in ("val_every", "checkpoint_every"):
-            _check(getattr(self, key) >= 1, f"stage.{key} must be >= 1, got {getattr(self, key)}")
+        _check_counts(self, "stage", "val_every", "checkpoint_every")
 
 
 @dataclass
@@ -299,8 +304,7 @@ class DistillStageConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        for key in ("epochs", "batch_size", "val_every", "checkpoint_every"):
-            _check(getattr(self, key) >= 1, f"stage.{key} must be >= 1, got {getattr(self, key)}")
+        _check_counts(self, "stage", "epochs", "batch_size", "val_every", "checkpoint_every")
         _check(self.lr > 0, f"stage.lr must be > 0, got {self.lr}")
         _check(0 <= self.min_lr_ratio <= 1, f"stage.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
 

@@ -8,12 +8,14 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
 
-from d3llm_pipeline.config.schema import ArithTaskConfig, ConfigError, DecodeConfig, ModelConfig
+from d3llm_pipeline.config.schema import ArithTaskConfig, ConfigError, DecodeConfig, ModelConfig, load_section
 from d3llm_pipeline.decoding import DecodeSpec
 from d3llm_pipeline.runtime import configure_threads
 from d3llm_pipeline.tasks import arith
@@ -85,3 +87,34 @@ def check_fits(lm, task: ArithTaskConfig, decode: DecodeConfig) -> None:
             f"task.prompt_length + task.gen_length = {task.prompt_length + task.gen_length} exceeds the model's "
             f"{limit} positions; lower task.gen_length or retrain the teacher"
         )
+
+
+@dataclass
+class DecodingRun:
+    """What every stage that decodes with a model needs, validated and loaded."""
+
+    stage: Any
+    task: ArithTaskConfig
+    decode: DecodeConfig
+    model_cfg: ModelConfig
+    threads: int
+    device: torch.device
+    lm: Any
+    tokenizer: Any
+
+    @property
+    def spec(self) -> DecodeSpec:
+        return decode_spec(self.decode)
+
+
+def prepare_decoding_run(cfg: DictConfig, stage_schema: type) -> DecodingRun:
+    """Validate the stage/task/decode/model sections, seed + threads, load the model, check it fits."""
+    stage = load_section(cfg.stage, stage_schema, "stage")
+    task = load_section(cfg.task, ArithTaskConfig, "task")
+    dec = load_section(cfg.decode, DecodeConfig, "decode")
+    model_cfg = load_section(cfg.model, ModelConfig, "model")
+    threads = setup_run(cfg)
+    device = resolve_device(str(cfg.get("device", "auto")))
+    lm, tokenizer = load_model(model_cfg, device=device)
+    check_fits(lm, task, dec)
+    return DecodingRun(stage, task, dec, model_cfg, threads, device, lm, tokenizer)

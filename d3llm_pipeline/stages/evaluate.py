@@ -20,24 +20,11 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from d3llm_pipeline.config.schema import (
-    ArithTaskConfig,
-    DecodeConfig,
-    EvalStageConfig,
-    ModelConfig,
-    load_section,
-)
+from d3llm_pipeline.config.schema import EvalStageConfig
 from d3llm_pipeline.decoding import DecodeSpec, decode, tokens_per_forward
 from d3llm_pipeline.runtime import atomic_write_json, atomic_write_text, provenance
 from d3llm_pipeline.stages import output_dir_of
-from d3llm_pipeline.stages.common import (
-    check_fits,
-    decode_spec,
-    load_model,
-    resolve_device,
-    setup_run,
-    task_splits,
-)
+from d3llm_pipeline.stages.common import prepare_decoding_run, task_splits
 from d3llm_pipeline.tasks import arith
 
 log = logging.getLogger(__name__)
@@ -91,32 +78,24 @@ def evaluate_problems(
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    stage = load_section(cfg.stage, EvalStageConfig, "stage")
-    task = load_section(cfg.task, ArithTaskConfig, "task")
-    dec = load_section(cfg.decode, DecodeConfig, "decode")
-    model_cfg = load_section(cfg.model, ModelConfig, "model")
-    threads = setup_run(cfg)
+    job = prepare_decoding_run(cfg, EvalStageConfig)
+    stage, task, dec, model_cfg, spec = job.stage, job.task, job.decode, job.model_cfg, job.spec
     out_dir = Path(output_dir_of(cfg))
-
-    device = resolve_device(str(cfg.get("device", "auto")))
-    lm, tokenizer = load_model(model_cfg, device=device)
-    check_fits(lm, task, dec)
     problems = task_splits(task)[stage.split]
     if stage.limit is not None:
         problems = problems[: stage.limit]
-    spec = decode_spec(dec)
     log.info("eval: %d %s problems, model=%s, decode=%s", len(problems), stage.split, model_cfg.name, asdict(spec))
 
-    records, summary = evaluate_problems(lm, tokenizer, problems, spec, task.prompt_length, dec.batch_size)
+    records, summary = evaluate_problems(job.lm, job.tokenizer, problems, spec, task.prompt_length, dec.batch_size)
     metrics = {
         "stage": "eval",
         "model": {"name": model_cfg.name, "family": model_cfg.family, "path": model_cfg.path},
         "decoder": {"name": dec.name, **asdict(spec), "batch_size": dec.batch_size},
         "task": {"name": task.name, "split": stage.split, "seed": task.seed},
-        "device": str(device),
+        "device": str(job.device),
         **summary,
         "tpf_definition": "sum(tokens before first EOS) / sum(forward passes), over samples (d3LLM)",
-        **provenance(threads),
+        **provenance(job.threads),
     }
     atomic_write_text(out_dir / "generations.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     atomic_write_json(out_dir / "metrics.json", metrics)

@@ -26,7 +26,6 @@ from tqdm.auto import tqdm
 
 from d3llm_pipeline.config.schema import (
     ArithTaskConfig,
-    DecodeConfig,
     ModelConfig,
     TrajectoryStageConfig,
     load_section,
@@ -34,14 +33,7 @@ from d3llm_pipeline.config.schema import (
 from d3llm_pipeline.decoding import DecodeSpec, decode
 from d3llm_pipeline.runtime import atomic_write_json, provenance
 from d3llm_pipeline.stages import output_dir_of
-from d3llm_pipeline.stages.common import (
-    check_fits,
-    decode_spec,
-    load_model,
-    resolve_device,
-    setup_run,
-    task_splits,
-)
+from d3llm_pipeline.stages.common import prepare_decoding_run, task_splits
 from d3llm_pipeline.tasks import arith
 from d3llm_pipeline.trajectories import store
 
@@ -95,15 +87,9 @@ def _run_fingerprint(model_cfg: ModelConfig, task: ArithTaskConfig, spec: Decode
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    stage = load_section(cfg.stage, TrajectoryStageConfig, "stage")
-    task = load_section(cfg.task, ArithTaskConfig, "task")
-    dec = load_section(cfg.decode, DecodeConfig, "decode")
-    model_cfg = load_section(cfg.model, ModelConfig, "model")
-    threads = setup_run(cfg)
-    device = resolve_device(str(cfg.get("device", "auto")))
-    lm, tokenizer = load_model(model_cfg, device=device)
-    check_fits(lm, task, dec)
-    spec = decode_spec(dec)
+    job = prepare_decoding_run(cfg, TrajectoryStageConfig)
+    stage, task, dec, model_cfg, spec = job.stage, job.task, job.decode, job.model_cfg, job.spec
+    lm, tokenizer, threads = job.lm, job.tokenizer, job.threads
 
     problems = task_splits(task)[stage.split][: stage.n_prompts]
     n = len(problems)
