@@ -20,7 +20,7 @@ from d3llm_pipeline.stages import STAGES
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 # Stages whose defaults need one value from the user.
-REQUIRED = {"trajectory_import": ["stage.source=/data/d3llm_trajectories"]}
+REQUIRED = {"trajectory_import": ["stage.source=/data/d3llm_trajectories"], "report": ["stage.runs=[/x]"]}
 
 
 def compose_cfg(*overrides: str):

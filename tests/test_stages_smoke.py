@@ -79,6 +79,11 @@ def test_threshold_multirun_writes_one_metrics_per_job(trained_root):
     assert len(jobs) == 2
     thresholds = sorted(json.loads(p.read_text())["decoder"]["threshold"] for p in jobs)
     assert thresholds == [0.1, 2.0]
+    # The multirun callback turned the sweep into an AUP report.
+    sweep = jobs[0].parent.parent
+    report = json.loads((sweep / "aup.json").read_text())
+    assert [len(c["points"]) for c in report["curves"]] == [2]
+    assert (sweep / "aup_curve.png").stat().st_size > 0 and (sweep / "aup_points.csv").is_file()
 
 
 @pytest.mark.parametrize(

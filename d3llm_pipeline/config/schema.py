@@ -309,6 +309,18 @@ class DistillStageConfig:
         _check(0 <= self.min_lr_ratio <= 1, f"stage.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
 
 
+@dataclass
+class ReportStageConfig:
+    name: str = "report"
+    runs: list[str] = field(default_factory=list)
+    y_max: float | None = None
+
+    def __post_init__(self) -> None:
+        _check(len(self.runs) >= 1, "stage.runs must list eval run or sweep dirs, e.g. "
+               "'stage.runs=[outputs/multirun/eval/<date>_<time>]'")
+        _check(self.y_max is None or 0 < self.y_max <= 100, f"stage.y_max must be in (0, 100], got {self.y_max}")
+
+
 # stage name -> schema of its `stage` section (the dispatcher's registry lives in d3llm_pipeline.stages)
 STAGE_SCHEMAS: dict[str, type] = {
     "teacher": TeacherStageConfig,
@@ -317,6 +329,7 @@ STAGE_SCHEMAS: dict[str, type] = {
     "trajectory_merge": TrajectoryMergeStageConfig,
     "trajectory_import": TrajectoryImportStageConfig,
     "distill": DistillStageConfig,
+    "report": ReportStageConfig,
 }
 
 T = TypeVar("T")

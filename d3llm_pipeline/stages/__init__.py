@@ -27,6 +27,7 @@ STAGES = {
     "trajectory_merge": "d3llm_pipeline.stages.trajectory:run_merge",
     "trajectory_import": "d3llm_pipeline.stages.trajectory_import:run",
     "distill": "d3llm_pipeline.stages.distill:run",
+    "report": "d3llm_pipeline.stages.report:run",
 }
 
 

@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "wall_s": round(wall, 1),
         "resumed": ckpt_path is not None,
         "final_metrics": metrics,
+        "config": {"model": asdict(model_cfg), "task": asdict(task), "stage": asdict(stage)},
         **provenance(threads),
     }
     _publish(module, tokenizer, final, summary)

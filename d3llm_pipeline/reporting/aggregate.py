@@ -1,0 +1,123 @@
+"""Aggregate eval jobs into AUP curves: read every `metrics.json`, group by (model, decoder), compute AUP.
+
+Used by the Hydra multirun callback (a sweep's own dir) and by `stage=report` (any set of run dirs).
+
+    runs, failed = collect_runs([sweep_dir])
+    report = build_report(runs)                 # {"y_max": .., "curves": [{model, decoder, points, aup}, ...]}
+    write_report(out_dir, report, failed)       # aup_points.csv, aup.json, aup_curve.png
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from d3llm_pipeline.reporting.aup import aup, kept_points
+from d3llm_pipeline.runtime import atomic_write_json
+
+
+def collect_runs(dirs: list[str | Path]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Eval metrics under `dirs` (searched recursively) and the job dirs that have no metrics (failed)."""
+    runs, failed = [], []
+    for root in map(Path, dirs):
+        if not root.exists():
+            failed.append(f"{root} (missing)")
+            continue
+        for hydra_dir in sorted(root.rglob(".hydra")):
+            job = hydra_dir.parent
+            metrics = job / "metrics.json"
+            if not metrics.is_file():
+                failed.append(str(job))
+                continue
+            data = json.loads(metrics.read_text())
+            if data.get("stage") == "eval":
+                runs.append({**data, "run_dir": str(job)})
+    return runs, failed
+
+
+def curve_label(run: dict[str, Any]) -> tuple[str, str]:
+    decoder = run["decoder"]
+    return run["model"]["name"], decoder.get("name", decoder.get("rule", "?"))
+
+
+def build_report(runs: list[dict[str, Any]], y_max: float | None = None) -> dict[str, Any]:
+    """AUP per (model, decoder) curve; y_max defaults to the best accuracy of all runs (in percent)."""
+    grouped: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for run in runs:
+        grouped[curve_label(run)].append(run)
+    if not grouped:
+        return {"y_max": None, "curves": []}
+    best = max(100.0 * run["accuracy"] for run in runs)
+    y_max = best if y_max is None else y_max
+    curves = []
+    for (model, decoder), members in sorted(grouped.items()):
+        points = sorted((run["tpf"], 100.0 * run["accuracy"], run["decoder"].get("threshold"), run["run_dir"])
+                        for run in members)
+        # A job that generated nothing (TPF 0, e.g. an untrained model) has no place on a TPF axis; with every
+        # method at 0% the area is 0 (W(y) is undefined for y_max = 0).
+        pairs = [(tpf, acc) for tpf, acc, _, _ in points if tpf > 0]
+        area = aup(pairs, y_max) if pairs and y_max > 0 else 0.0
+        curves.append({
+            "model": model, "decoder": decoder, "aup": area, "points_kept": len(kept_points(pairs)) if pairs else 0,
+            "points": [{"tpf": t, "accuracy": a, "threshold": th, "run_dir": d} for t, a, th, d in points],
+        })
+    curves.sort(key=lambda c: -c["aup"])
+    return {"y_max": y_max, "curves": curves}
+
+
+def leaderboard(report: dict[str, Any]) -> str:
+    """A markdown table, best AUP first."""
+    lines = ["| model | decoder | AUP | best accuracy | max TPF | points |", "|---|---|---|---|---|---|"]
+    for c in report["curves"]:
+        best = max(p["accuracy"] for p in c["points"])
+        fastest = max(p["tpf"] for p in c["points"])
+        lines.append(f"| {c['model']} | {c['decoder']} | {c['aup']:.1f} | {best:.1f}% | {fastest:.2f} | "
+                     f"{len(c['points'])} |")
+    return "\n".join(lines)
+
+
+def plot_curves(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on clusters / CI
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for c in report["curves"]:
+        xs = [p["tpf"] for p in c["points"]]
+        ys = [p["accuracy"] for p in c["points"]]
+        ax.plot(xs, ys, marker="o", label=f"{c['model']} / {c['decoder']} (AUP {c['aup']:.0f})")
+    ax.set_xlabel("tokens per forward (TPF)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"Accuracy under parallelism (y_max = {report['y_max']:.1f})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def write_report(out_dir: str | Path, report: dict[str, Any], failed: list[str]) -> list[Path]:
+    """aup_points.csv (one row per point), aup.json (AUP per curve, y_max, failed jobs), aup_curve.png."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    points_csv = out_dir / "aup_points.csv"
+    tmp = out_dir / ".aup_points.csv.tmp"
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["model", "decoder", "threshold", "tpf", "accuracy", "run_dir"])
+        for c in report["curves"]:
+            for p in c["points"]:
+                writer.writerow([c["model"], c["decoder"], p["threshold"], p["tpf"], p["accuracy"], p["run_dir"]])
+    tmp.replace(points_csv)
+    atomic_write_json(out_dir / "aup.json", {**report, "failed_jobs": failed})
+    written = [points_csv, out_dir / "aup.json"]
+    if report["curves"]:
+        plot_curves(report, out_dir / "aup_curve.png")
+        written.append(out_dir / "aup_curve.png")
+    return written

@@ -1,0 +1,33 @@
+"""Hydra callback: when a multirun ends, turn its eval jobs into AUP curves in the sweep dir.
+
+Enabled in conf/hydra/default.yaml (hydra.callbacks.aup_report). Sweeps that are not evals (e.g. sharded
+trajectories) are left alone; a failed job is listed in aup.json and left out of the curves.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+
+class AUPReportCallback(Callback):
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from d3llm_pipeline.reporting.aggregate import build_report, collect_runs, leaderboard, write_report
+
+        sweep_dir = config.hydra.sweep.dir
+        runs, failed = collect_runs([sweep_dir])
+        if not runs:
+            return
+        try:
+            report = build_report(runs)
+            written = write_report(sweep_dir, report, failed)
+        except Exception:  # noqa: BLE001 - a report problem must not turn a finished sweep into a failure
+            log.exception("could not write the AUP report for %s; rerun it with stage=report", sweep_dir)
+            return
+        log.info("AUP report for %d eval jobs (%d failed) -> %s\n%s", len(runs), len(failed),
+                 ", ".join(str(p) for p in written), leaderboard(report))
