@@ -65,7 +65,7 @@ def test_import_stage_requires_a_source():
         load_section(compose_cfg("stage=trajectory_import").stage, STAGE_SCHEMAS["trajectory_import"], "stage")
 
 
-@pytest.mark.parametrize("decoder", ["vanilla", "threshold"])
+@pytest.mark.parametrize("decoder", ["vanilla", "threshold", "d3llm"])
 def test_decoders_compose_and_follow_the_task_length(decoder):
     cfg = compose_cfg(f"decode={decoder}", "task.gen_length=48")
     dec = load_section(cfg.decode, DecodeConfig, "decode")

@@ -62,39 +62,6 @@ def prompts_for(ids: list[int], length: int = 3) -> torch.Tensor:
     return p
 
 
-@pytest.fixture(scope="module")
-def gpt2_lm() -> HFDiffusionAdapter:
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    cfg = GPT2Config(
-        vocab_size=VOCAB,
-        n_positions=64,
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        is_causal=False,
-        initializer_range=0.2,
-        bos_token_id=EOS,
-        eos_token_id=EOS,
-        pad_token_id=PAD,
-    )
-    model = GPT2LMHeadModel(cfg).double().eval()
-    with torch.no_grad():
-        # Point EOS's (tied) embedding along the mean of the others so some samples end early and early
-        # stopping has something to do; the scale was picked so that only some of the test prompts stop.
-        wte = model.transformer.wte.weight
-        mean = wte[3:].mean(0)
-        wte[EOS] = 1.5 * mean / mean.norm() * wte[3:].norm(dim=-1).mean()
-    return HFDiffusionAdapter(model, mask_token_id=MASK, eos_token_id=EOS, pad_token_id=PAD)
-
-
-@pytest.fixture(scope="module")
-def prompts() -> torch.Tensor:
-    g = torch.Generator().manual_seed(1)
-    return torch.randint(3, VOCAB, (5, 6), generator=g)
-
-
 def assert_same(a, b) -> None:
     assert torch.equal(a.sequences, b.sequences)
     assert torch.equal(a.nfe, b.nfe)

@@ -49,9 +49,13 @@ class DecodeConfig:
     gen_length: int = 64
     early_stop: bool = True
     batch_size: int = 64
+    block_add_threshold: float = 0.1  # rule=d3llm: open the next block at this progress of the last one
+    decoded_token_threshold: float = 0.95  # rule=d3llm: a block is fully active once its predecessor is this done
+    accept_global_best: bool = False  # rule=d3llm: LLaDA variant, always accept the global min-entropy token
 
     def __post_init__(self) -> None:
-        _check(self.rule in ("vanilla", "threshold"), f"decode.rule must be vanilla or threshold, got {self.rule!r}")
+        _check(self.rule in ("vanilla", "threshold", "d3llm"),
+               f"decode.rule must be vanilla, threshold or d3llm, got {self.rule!r}")
         _check(self.score in ("entropy", "confidence"), f"decode.score must be entropy or confidence, got {self.score!r}")
         _check(self.gen_length > 0, f"decode.gen_length must be > 0, got {self.gen_length}")
         _check(self.block_size > 0, f"decode.block_size must be > 0, got {self.block_size}")
@@ -65,7 +69,12 @@ class DecodeConfig:
             f"decode.tokens_per_step must be in [1, decode.block_size={self.block_size}], got {self.tokens_per_step}",
         )
         _check(self.batch_size >= 1, f"decode.batch_size must be >= 1, got {self.batch_size}")
-        if self.rule == "threshold":
+        if self.rule == "d3llm":
+            _check(self.score == "entropy", "decode.score must be entropy for decode.rule=d3llm")
+            for key in ("block_add_threshold", "decoded_token_threshold"):
+                value = getattr(self, key)
+                _check(0 < value <= 1, f"decode.{key} must be in (0, 1], got {value}")
+        if self.rule in ("threshold", "d3llm"):
             if self.score == "entropy":
                 _check(
                     self.threshold > 0,

@@ -46,6 +46,11 @@ class DecodeSpec:
     max_forwards: int | None = None  # safety cap on forwards per sample; None -> 2 * gen_length
     temperature: float = 0.0  # 0 = argmax; > 0 samples from softmax(logits / T) with counter-based noise
     seed: int = 0  # noise seed (used only when temperature > 0)
+    # rule "d3llm" (multi-block, decoding.multi_block): open a block at this progress of the last one ...
+    block_add_threshold: float = 0.1
+    # ... and make it fully active (forced progress) once its predecessor reaches this progress
+    decoded_token_threshold: float = 0.95
+    accept_global_best: bool = False  # d3LLM's LLaDA variant: always accept the global min-entropy candidate
 
     @property
     def num_blocks(self) -> int:
@@ -167,6 +172,10 @@ def decode(
     and `truncated` marks the affected samples). `sample_keys` (B,) identify samples for temperature noise
     (default: their batch index); pass stable ids (e.g. dataset row ids) to make sampling batch-independent.
     """
+    if spec.rule == "d3llm":
+        from d3llm_pipeline.decoding.multi_block import decode_multi_block
+
+        return decode_multi_block(model, prompt_ids, spec, prompt_attention_mask, sample_keys)
     assert prompt_ids.dim() == 2, "prompt_ids must be (B, P)"
     assert spec.gen_length % spec.block_size == 0, "gen_length must be a multiple of block_size"
     batch, prompt_len = prompt_ids.shape

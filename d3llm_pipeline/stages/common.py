@@ -58,6 +58,8 @@ def decode_spec(decode: DecodeConfig) -> DecodeSpec:
     return DecodeSpec(
         gen_length=decode.gen_length, block_size=decode.block_size, rule=decode.rule, score=decode.score,
         threshold=decode.threshold, tokens_per_step=decode.tokens_per_step, early_stop=decode.early_stop,
+        block_add_threshold=decode.block_add_threshold, decoded_token_threshold=decode.decoded_token_threshold,
+        accept_global_best=decode.accept_global_best,
     )
 
 

@@ -1,0 +1,117 @@
+"""d3LLM entropy-based multi-block decoding (method.md §5.2), batched with per-sample block states.
+
+Several blocks decode at once: a new block opens when the last one reaches `block_add_threshold` progress
+(or is complete), and becomes *fully active* once its predecessor reaches `decoded_token_threshold`. Every
+masked position of an opened block whose entropy is below τ is accepted; the first fully-active block that
+still has masks always makes progress (its lowest-entropy position is accepted if nothing there passed).
+With block_add_threshold = decoded_token_threshold = 1 this is exactly single-block threshold decoding.
+
+    spec = DecodeSpec(rule="d3llm", threshold=0.5, block_add_threshold=0.1, decoded_token_threshold=0.95)
+    result = decode(lm, prompt_ids, spec)      # dispatches here
+
+Block state per sample: `opened` (B, N) and `fully` (B, N) bool; progress is recomputed from the masks each step.
+No KV cache yet: every forward sees the whole sequence (the delayed-refresh cache is the next increment).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from d3llm_pipeline.decoding.metrics import generated_token_counts
+from d3llm_pipeline.decoding.noise import gumbel_noise
+from d3llm_pipeline.decoding.selection import predict, select_vanilla
+from d3llm_pipeline.decoding.semi_ar import DecodeResult, DecodeSpec, _apply_early_stop, _build_attention
+
+
+def _update_blocks(gen_mask: torch.Tensor, gen: torch.Tensor, opened: torch.Tensor, fully: torch.Tensor,
+                   spec: DecodeSpec, eos_id: int) -> torch.Tensor:
+    """In place: promote blocks to fully active and open at most one new block per row. Returns masks (A, N)."""
+    rows, n_blocks = opened.shape
+    masks = gen_mask.view(rows, n_blocks, spec.block_size).sum(-1)  # (A, N) masked positions per block
+    progress = 1.0 - masks.float() / spec.block_size  # (A, N)
+    prev = torch.cat([torch.ones_like(progress[:, :1]), progress[:, :-1]], dim=1)  # the prompt counts as done
+    fully |= opened & (prev >= spec.decoded_token_threshold)
+    n_open = opened.sum(-1)  # (A,) blocks open so far (always >= 1)
+    last = (n_open - 1).clamp(min=0)[:, None]
+    last_progress, last_masks = progress.gather(1, last).squeeze(1), masks.gather(1, last).squeeze(1)
+    can_open = (n_open < n_blocks) & ((last_progress >= spec.block_add_threshold) | (last_masks == 0))
+    if spec.early_stop:  # no new blocks once an EOS has been decoded (everything after it is EOS)
+        can_open &= ~(gen == eos_id).any(-1)
+    new = F.one_hot(n_open.clamp(max=n_blocks - 1), n_blocks).bool() & can_open[:, None]  # (A, N)
+    opened |= new
+    fully |= new & (last_progress >= spec.decoded_token_threshold)[:, None]
+    return masks
+
+
+def _accept(entropy: torch.Tensor, cand: torch.Tensor, fully: torch.Tensor, masks: torch.Tensor,
+            spec: DecodeSpec) -> torch.Tensor:
+    """Accepted positions (A, E): entropy < τ, plus forced progress in the first fully-active unfinished block."""
+    accept = cand & (entropy < spec.threshold)
+    if spec.accept_global_best:  # LLaDA variant: the global minimum-entropy candidate is always accepted
+        accept |= select_vanilla(entropy, cand, 1, higher_better=False)
+    first = fully & (masks > 0)  # (A, N)
+    has_first = first.any(-1)
+    first_idx = first.to(torch.uint8).argmax(-1)  # (A,)
+    block_of = torch.arange(entropy.shape[1], device=cand.device) // spec.block_size  # (E,)
+    in_first = (block_of[None, :] == first_idx[:, None]) & has_first[:, None]  # (A, E)
+    stalled = has_first & ~(accept & in_first).any(-1)  # (A,)
+    forced = select_vanilla(entropy, cand & in_first, 1, higher_better=False)
+    return accept | (forced & stalled[:, None])
+
+
+def _multi_block_step(model, x, attn, step, unmask, opened, fully, prompt_len, spec, sample_keys) -> None:
+    """One forward over the active rows; updates x, unmask, opened, fully (all (A, ...)) in place."""
+    mask_id, eos_id = model.mask_token_id, model.eos_token_id
+    gen = x[:, prompt_len:]  # (A, G) view
+    gen_mask = gen == mask_id
+    masks = _update_blocks(gen_mask, gen, opened, fully, spec, eos_id)
+    end = int(opened.sum(-1).max()) * spec.block_size  # host sync: logits beyond the last open block are unused
+    cand = (gen_mask & opened.repeat_interleave(spec.block_size, dim=1))[:, :end]  # (A, E)
+    logits = model.logits(x, attn)[:, prompt_len : prompt_len + end]  # (A, E, V)
+    gumbel = None
+    if spec.temperature > 0:
+        positions = torch.arange(end, device=x.device).expand(x.shape[0], -1)
+        gumbel = gumbel_noise(spec.seed, sample_keys, step, positions, logits.shape[-1])
+    banned = [mask_id] if model.pad_token_id == eos_id else [mask_id, model.pad_token_id]
+    pred = predict(logits, banned_ids=banned, temperature=spec.temperature, gumbel=gumbel)  # (A, E)
+    accept = _accept(pred.entropy, cand, fully, masks, spec)
+    gen[:, :end] = torch.where(accept, pred.tokens.to(gen.dtype), gen[:, :end])
+    unmask[:, :end] = torch.where(accept, step[:, None], unmask[:, :end])
+    if spec.early_stop:
+        _apply_early_stop(gen, unmask, step, mask_id, eos_id)
+
+
+@torch.no_grad()
+def decode_multi_block(model, prompt_ids: torch.Tensor, spec: DecodeSpec,
+                       prompt_attention_mask: torch.Tensor | None = None,
+                       sample_keys: torch.Tensor | None = None) -> DecodeResult:
+    """Multi-block decoding of `spec.gen_length` tokens after each prompt (B, P); see the module docstring."""
+    batch, prompt_len = prompt_ids.shape
+    device, mask_id = prompt_ids.device, model.mask_token_id
+    n_blocks = spec.gen_length // spec.block_size
+    x = torch.cat([prompt_ids, torch.full((batch, spec.gen_length), mask_id, dtype=prompt_ids.dtype,
+                                          device=device)], dim=1)  # (B, P+G)
+    attn = _build_attention(prompt_attention_mask, spec.gen_length)
+    nfe = torch.zeros(batch, dtype=torch.long, device=device)
+    unmask_step = torch.full((batch, spec.gen_length), -1, dtype=torch.long, device=device)
+    opened = torch.zeros(batch, n_blocks, dtype=torch.bool, device=device)
+    opened[:, 0] = True  # block 1 opens at once and is fully active: its predecessor (the prompt) is done
+    fully = opened.clone()
+    keys = (torch.arange(batch, device=device) if sample_keys is None else sample_keys.to(device)).long()
+
+    for _ in range(spec.forward_cap):
+        idx = (x[:, prompt_len:] == mask_id).any(-1).nonzero().squeeze(-1)  # (A,) one host sync
+        if idx.numel() == 0:
+            break
+        rows = [t.index_select(0, idx) for t in (x, unmask_step, opened, fully)]
+        rows_attn = attn.index_select(0, idx) if attn is not None else None
+        _multi_block_step(model, rows[0], rows_attn, nfe.index_select(0, idx), rows[1], rows[2], rows[3],
+                          prompt_len, spec, keys.index_select(0, idx))
+        nfe.index_add_(0, idx, torch.ones_like(idx))
+        for target, source in zip((x, unmask_step, opened, fully), rows, strict=True):
+            target.index_copy_(0, idx, source)
+
+    gen = x[:, prompt_len:]
+    return DecodeResult(sequences=x, nfe=nfe, unmask_step=unmask_step,
+                        tokens=generated_token_counts(gen, model.eos_token_id), truncated=(gen == mask_id).any(-1))
