@@ -35,19 +35,19 @@ def trained_root(tmp_path_factory) -> Path:
 
 
 def test_teacher_writes_hf_checkpoint_and_metrics(trained_root):
-    ckpt = trained_root / "outputs" / "artifacts" / "teacher_smoke"
+    ckpt = trained_root / "outputs" / "artifacts_smoke" / "teacher"
     assert (ckpt / "config.json").is_file() and (ckpt / "model.safetensors").is_file()
     assert (ckpt / "tokenizer.json").is_file()
     summary = json.loads((ckpt / "training_summary.json").read_text())
     assert summary["steps"] == 4
     assert "val/accuracy" in summary["final_metrics"] and "train/loss" in summary["final_metrics"]
-    assert not (ckpt.parent / "teacher_smoke.lightning").exists()  # resume state removed once published
+    assert not (ckpt.parent / "teacher.lightning").exists()  # resume state removed once published
     metrics_csv = (trained_root / "run_teacher" / "csv" / "metrics.csv").read_text()
     assert "train/loss" in metrics_csv and "val/loss" in metrics_csv
 
 
 def test_rerun_reuses_finished_teacher(trained_root):
-    ckpt = trained_root / "outputs" / "artifacts" / "teacher_smoke" / "model.safetensors"
+    ckpt = trained_root / "outputs" / "artifacts_smoke" / "teacher" / "model.safetensors"
     before = ckpt.stat().st_mtime_ns
     proc = cli(trained_root, *SMOKE_TEACHER, f"hydra.run.dir={trained_root}/run_teacher2")
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -330,6 +330,25 @@ class ReportStageConfig:
         _check(self.y_max is None or 0 < self.y_max <= 100, f"stage.y_max must be in (0, 100], got {self.y_max}")
 
 
+@dataclass
+class PipelineStageConfig:
+    name: str = "pipeline"
+    thresholds: list[float] = field(default_factory=lambda: [0.05, 0.2, 0.3, 0.5, 0.6, 1.0, 1.5, 2.2])
+    teacher_decoders: list[str] = field(default_factory=lambda: ["vanilla", "threshold"])
+    student_decoders: list[str] = field(default_factory=lambda: ["threshold", "d3llm"])
+    # Extra overrides for one step only, e.g. teacher: ["stage.max_steps=100"] (stage.* keys differ per step).
+    step_overrides: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        bad_steps = sorted(set(self.step_overrides) - {"teacher", "trajectory", "distill", "eval"})
+        _check(not bad_steps, f"stage.step_overrides keys must be teacher, trajectory, distill or eval; got {bad_steps}")
+        _check(len(self.thresholds) >= 1 and all(t > 0 for t in self.thresholds),
+               f"stage.thresholds must be positive entropy thresholds, got {self.thresholds}")
+        for key in ("teacher_decoders", "student_decoders"):
+            bad = sorted(set(getattr(self, key)) - {"vanilla", "threshold", "d3llm"})
+            _check(not bad, f"stage.{key} may hold vanilla, threshold, d3llm; got {bad}")
+
+
 # stage name -> schema of its `stage` section (the dispatcher's registry lives in d3llm_pipeline.stages)
 STAGE_SCHEMAS: dict[str, type] = {
     "teacher": TeacherStageConfig,
@@ -339,6 +358,7 @@ STAGE_SCHEMAS: dict[str, type] = {
     "trajectory_import": TrajectoryImportStageConfig,
     "distill": DistillStageConfig,
     "report": ReportStageConfig,
+    "pipeline": PipelineStageConfig,
 }
 
 T = TypeVar("T")

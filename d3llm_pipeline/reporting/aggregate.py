@@ -26,8 +26,9 @@ def collect_runs(dirs: list[str | Path]) -> tuple[list[dict[str, Any]], list[str
         if not root.exists():
             failed.append(f"{root} (missing)")
             continue
-        for hydra_dir in sorted(root.rglob(".hydra")):
-            job = hydra_dir.parent
+        # A job dir is a Hydra job (.hydra/) or any dir holding a metrics.json (e.g. stage=pipeline's sweeps).
+        jobs = {p.parent for p in root.rglob(".hydra")} | {p.parent for p in root.rglob("metrics.json")}
+        for job in sorted(jobs):
             metrics = job / "metrics.json"
             if not metrics.is_file():
                 failed.append(str(job))

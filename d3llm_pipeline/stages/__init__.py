@@ -28,6 +28,7 @@ STAGES = {
     "trajectory_import": "d3llm_pipeline.stages.trajectory_import:run",
     "distill": "d3llm_pipeline.stages.distill:run",
     "report": "d3llm_pipeline.stages.report:run",
+    "pipeline": "d3llm_pipeline.stages.pipeline:run",
 }
 
 

@@ -79,10 +79,14 @@ def _run_fingerprint(model_cfg: ModelConfig, task: ArithTaskConfig, spec: Decode
                      stage: TrajectoryStageConfig) -> dict[str, Any]:
     """Everything that changes a row's content (not the shard / chunk layout)."""
     weights = sorted(Path(model_cfg.path).glob("*.safetensors"))
+    decode_identity = asdict(spec)
+    if spec.rule != "d3llm":  # multi-block knobs do not shape these rows (and must not void older chunks)
+        for key in ("block_add_threshold", "decoded_token_threshold", "accept_global_best"):
+            decode_identity.pop(key)
     return {
         "teacher": {"name": model_cfg.name, "weights_sha256": [store.file_sha256(p) for p in weights]},
         "task": asdict(task), "split": stage.split, "n_prompts": stage.n_prompts,
-        "decode": asdict(spec), "temperatures": list(stage.temperatures),
+        "decode": decode_identity, "temperatures": list(stage.temperatures),
     }
 
 
