@@ -11,6 +11,7 @@ import os
 import platform
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +20,41 @@ import torch
 from d3llm_pipeline.config.schema import ConfigError
 
 
+def _cpu_times(stat_text: str) -> tuple[int, int]:
+    """(idle, total) jiffies from the aggregate 'cpu' line of /proc/stat."""
+    fields = [int(v) for v in stat_text.splitlines()[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return idle, sum(fields)
+
+
+def busy_cores(interval: float = 0.3) -> float:
+    """Cores other processes keep busy *now*: /proc/stat sampled over `interval` s (this process sleeps).
+
+    The 1-minute load average lags by about a minute, so right after another job it still reads as busy
+    and would halve a training run's speed for nothing. Falls back to it where /proc/stat is missing.
+    """
+    try:
+        with open("/proc/stat") as handle:
+            idle0, total0 = _cpu_times(handle.read())
+        time.sleep(interval)
+        with open("/proc/stat") as handle:
+            idle1, total1 = _cpu_times(handle.read())
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    total = max(1, total1 - total0)
+    return (1.0 - (idle1 - idle0) / total) * (os.cpu_count() or 1)
+
+
 def configure_threads(setting: int | str) -> int:
     """Set torch's intra-op threads deliberately and return the count used.
 
-    'auto' = cores minus the load already on the machine (rounded), at least 1. Measured on a 2-core box:
-    2 threads beat 1 when idle (131 vs 188 ms a step), but when another job holds the other core the OpenMP
-    threads spin on it and a step takes ~20x longer, so we never oversubscribe.
+    'auto' = cores minus the cores other work keeps busy right now (rounded), at least 1. Measured on a 2-core
+    box: 2 threads beat 1 when idle (0.125 vs 0.24 s per teacher step), but when another job holds the other
+    core the OpenMP threads spin on it and a step gets many times slower, so we never oversubscribe.
     """
     cores = os.cpu_count() or 1
     if setting == "auto":
-        busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-        threads = max(1, min(cores, round(cores - busy)))
+        threads = max(1, min(cores, round(cores - busy_cores())))
     else:
         try:
             threads = int(setting)
