@@ -158,7 +158,6 @@ class TeacherStageConfig:
     checkpoint_every: int = 250
     resume: bool = True
     overwrite: bool = False
-    min_train_length: int | None = None  # None: always the full generation region
 
     def __post_init__(self) -> None:
         _check(self.max_steps >= 1, f"stage.max_steps must be >= 1, got {self.max_steps}")

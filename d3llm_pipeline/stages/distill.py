@@ -11,7 +11,6 @@ with the same curriculum values and batches as an uninterrupted run.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import shutil
@@ -34,11 +33,11 @@ from d3llm_pipeline.config.schema import (
 from d3llm_pipeline.models.lora import make_student, save_student
 from d3llm_pipeline.runtime import atomic_write_json, provenance
 from d3llm_pipeline.stages import output_dir_of
-from d3llm_pipeline.stages.common import decode_spec, setup_run, task_splits
-from d3llm_pipeline.stages.teacher import SUMMARY_FILE, _trainer_kwargs, _validation_evaluator
+from d3llm_pipeline.stages.common import setup_run, task_splits
 from d3llm_pipeline.training.curriculum import MaskRatioCurriculum, WindowCurriculum
 from d3llm_pipeline.training.distill_data import DistillDataModule
 from d3llm_pipeline.training.distill_module import DistillModule
+from d3llm_pipeline.training.fit import SUMMARY_FILE, trainer_kwargs, validation_evaluator
 from d3llm_pipeline.training.loggers import make_lightning_logger
 
 log = logging.getLogger(__name__)
@@ -70,9 +69,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     steps_per_epoch = data.prepare(_world_size(cfg))
     max_steps = stage.epochs * steps_per_epoch
     val_problems = task_splits(task)["validation"][: stage.val_problems]
-    evaluator = functools.partial(_validation_evaluator, tokenizer=tokenizer, problems=val_problems,
-                                  spec=decode_spec(val_decode), prompt_length=task.prompt_length,
-                                  batch_size=val_decode.batch_size)
+    evaluator = validation_evaluator(tokenizer, val_problems, val_decode, task.prompt_length)
     module = DistillModule(student, distill, lr=stage.lr, weight_decay=stage.weight_decay,
                            warmup_steps=stage.warmup_steps, max_steps=max_steps, min_lr_ratio=stage.min_lr_ratio,
                            seed=int(cfg.seed), val_every=stage.val_every, evaluator=evaluator)
@@ -83,7 +80,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                          max_steps),
         ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=stage.checkpoint_every, save_last=True, save_top_k=0),
     ]
-    trainer = L.Trainer(**_trainer_kwargs(cfg), max_steps=max_steps, max_epochs=-1,
+    trainer = L.Trainer(**trainer_kwargs(cfg), max_steps=max_steps, max_epochs=-1,
                         logger=make_lightning_logger(cfg, "distill"), callbacks=callbacks, num_sanity_val_steps=0,
                         limit_val_batches=0, gradient_clip_val=stage.grad_clip, default_root_dir=output_dir_of(cfg))
     resume_from = ckpt_dir / "last.ckpt"

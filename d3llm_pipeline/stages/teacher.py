@@ -10,7 +10,6 @@ Lightning checkpoint, kept beside the product in `<model.path>.lightning/` until
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -22,11 +21,10 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from d3llm_pipeline.config.schema import (
     ArithTaskConfig,
-    ConfigError,
     DecodeConfig,
     ModelConfig,
     TeacherStageConfig,
@@ -35,28 +33,14 @@ from d3llm_pipeline.config.schema import (
 from d3llm_pipeline.models.tiny import build_tiny_teacher, save_tiny_teacher
 from d3llm_pipeline.runtime import atomic_write_json, provenance
 from d3llm_pipeline.stages import output_dir_of
-from d3llm_pipeline.stages.common import decode_spec, setup_run
-from d3llm_pipeline.stages.evaluate import evaluate_problems
+from d3llm_pipeline.stages.common import setup_run
 from d3llm_pipeline.tasks.tokenizer import build_tokenizer
 from d3llm_pipeline.training.data import ArithDataModule
+from d3llm_pipeline.training.fit import SUMMARY_FILE, trainer_kwargs, validation_evaluator
 from d3llm_pipeline.training.loggers import make_lightning_logger
 from d3llm_pipeline.training.teacher_module import DiffusionSFTModule
 
 log = logging.getLogger(__name__)
-SUMMARY_FILE = "training_summary.json"
-
-
-def _validation_evaluator(lm, tokenizer, problems, spec, prompt_length: int, batch_size: int) -> dict[str, Any]:
-    return evaluate_problems(lm, tokenizer, problems, spec, prompt_length, batch_size, progress=False)[1]
-
-
-def _trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
-    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    reserved = {"max_steps", "max_epochs", "logger", "callbacks", "val_check_interval", "default_root_dir"}
-    clash = sorted(reserved & set(kwargs))
-    if clash:
-        raise ConfigError(f"trainer.{clash[0]} is set by stage=teacher; use stage.max_steps / stage.val_every")
-    return kwargs
 
 
 def _publish(module: DiffusionSFTModule, tokenizer, final: Path, summary: dict[str, Any]) -> None:
@@ -95,16 +79,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                             n_layer=arch.n_layer, n_head=arch.n_head, dropout=arch.dropout, seed=int(cfg.seed),
                             init_std=arch.init_std, embed_init_std=arch.embed_init_std)
     data = ArithDataModule(task, tokenizer, stage.batch_size, int(cfg.seed), stage.val_problems)
-    evaluator = functools.partial(_validation_evaluator, tokenizer=tokenizer, problems=data.val_problems,
-                                  spec=decode_spec(val_decode), prompt_length=task.prompt_length,
-                                  batch_size=val_decode.batch_size)
+    evaluator = validation_evaluator(tokenizer, data.val_problems, val_decode, task.prompt_length)
     module = DiffusionSFTModule(lm, lr=stage.lr, weight_decay=stage.weight_decay, warmup_steps=stage.warmup_steps,
-                                max_steps=stage.max_steps, min_lr_ratio=stage.min_lr_ratio, evaluator=evaluator,
-                                min_train_length=stage.min_train_length)
+                                max_steps=stage.max_steps, min_lr_ratio=stage.min_lr_ratio, evaluator=evaluator)
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=stage.checkpoint_every, save_last=True,
                                  save_top_k=0)
     trainer = L.Trainer(
-        **_trainer_kwargs(cfg), max_steps=stage.max_steps, max_epochs=-1, logger=make_lightning_logger(cfg, "teacher"),
+        **trainer_kwargs(cfg), max_steps=stage.max_steps, max_epochs=-1, logger=make_lightning_logger(cfg, "teacher"),
         callbacks=[checkpoint], val_check_interval=stage.val_every, check_val_every_n_epoch=None,
         num_sanity_val_steps=0, gradient_clip_val=stage.grad_clip, default_root_dir=str(out_dir),
     )

@@ -31,7 +31,6 @@ class DiffusionSFTModule(L.LightningModule):
         max_steps: int,
         min_lr_ratio: float,
         evaluator: Callable[[torch.nn.Module], dict[str, Any]] | None = None,
-        min_train_length: int | None = None,
     ) -> None:
         super().__init__()
         self.lm = lm  # HFDiffusionAdapter: .logits(ids) aligned, .mask_token_id
@@ -41,10 +40,6 @@ class DiffusionSFTModule(L.LightningModule):
 
     def _noisy_loss(self, batch, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         prompts, responses = batch  # (B, P), (B, G)
-        if self.training and self.hparams.min_train_length:
-            # Variable-length training: drop a random share of the EOS tail (same cut for the whole batch).
-            keep = int(torch.randint(self.hparams.min_train_length, responses.shape[1] + 1, ()))
-            responses = responses[:, :keep]
         ids = torch.cat([prompts, responses], dim=1)  # (B, L)
         maskable = torch.zeros_like(ids, dtype=torch.bool)
         maskable[:, prompts.shape[1] :] = True  # the prompt is never masked

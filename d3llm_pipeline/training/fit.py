@@ -1,0 +1,40 @@
+"""What the Lightning stages (teacher, distill) share: Trainer arguments, the validation evaluator, file names.
+
+    trainer = L.Trainer(**trainer_kwargs(cfg), max_steps=..., ...)
+    evaluator = validation_evaluator(tokenizer, problems, decode_cfg, prompt_length=24)   # lm -> summary dict
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from d3llm_pipeline.config.schema import ConfigError, DecodeConfig
+from d3llm_pipeline.stages.common import decode_spec
+from d3llm_pipeline.stages.evaluate import evaluate_problems
+
+SUMMARY_FILE = "training_summary.json"  # written beside a published checkpoint; its presence means "finished"
+# Set by the stages themselves from stage.* keys; a trainer.* value would silently fight them.
+RESERVED = {"max_steps", "max_epochs", "logger", "callbacks", "val_check_interval", "default_root_dir"}
+
+
+def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """`cfg.trainer` as Lightning Trainer arguments, rejecting keys the stage controls."""
+    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    clash = sorted(RESERVED & set(kwargs))
+    if clash:
+        raise ConfigError(f"trainer.{clash[0]} is set by stage={cfg.stage.name}; use the stage.* keys "
+                          "(stage.max_steps, stage.epochs, stage.val_every)")
+    return kwargs
+
+
+def _evaluate(lm, tokenizer, problems, spec, prompt_length: int, batch_size: int) -> dict[str, Any]:
+    return evaluate_problems(lm, tokenizer, problems, spec, prompt_length, batch_size, progress=False)[1]
+
+
+def validation_evaluator(tokenizer, problems, decode: DecodeConfig, prompt_length: int):
+    """A picklable callable lm -> {accuracy, tpf, ...} decoding `problems` (works under ddp_spawn)."""
+    return functools.partial(_evaluate, tokenizer=tokenizer, problems=problems, spec=decode_spec(decode),
+                             prompt_length=prompt_length, batch_size=decode.batch_size)
