@@ -5,7 +5,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: help setup test test-all lint teacher eval sweep demo clean
+.PHONY: help setup test test-all lint teacher eval sweep demo ablation clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
@@ -28,11 +28,14 @@ teacher:  ## train the embedded tiny teacher (~1,500 steps on 2 CPU cores)
 eval:  ## evaluate the teacher with vanilla (one token per forward) decoding
 	$(PY) -m d3llm_pipeline stage=eval decode=vanilla
 
-sweep:  ## threshold sweep: one eval job per entropy threshold (Hydra multirun)
-	$(PY) -m d3llm_pipeline -m stage=eval decode=threshold decode.threshold=0.3,0.6,1.0,1.5,2.2
+sweep:  ## threshold sweep: one eval job per entropy threshold (preset conf/experiment/sweep_threshold.yaml)
+	$(PY) -m d3llm_pipeline stage=eval experiment=sweep_threshold
 
 demo:  ## end to end: teacher -> trajectories -> distill -> sweeps -> AUP plot + leaderboard (reuses artifacts)
 	$(PY) -m d3llm_pipeline stage=pipeline
+
+ablation:  ## the paper's ablations on the embedded task -> ablation.md + .csv + curves (reuses artifacts)
+	$(PY) -m d3llm_pipeline stage=ablation
 
 clean:  ## remove run outputs (keeps outputs/.gitkeep)
 	find outputs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

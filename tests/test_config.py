@@ -152,3 +152,77 @@ def test_bad_distill_values_name_the_key(override, key):
 
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_section(compose_cfg("stage=distill", override).distill, DistillConfig, "distill")
+
+
+ABLATION_FILES = sorted(p.stem.removeprefix("ablation_") for p in (CONF / "experiment").glob("ablation_*.yaml"))
+
+
+def test_every_ablation_variant_has_an_experiment_file():
+    from d3llm_pipeline.config.schema import ABLATION_VARIANTS, AblationStageConfig
+
+    assert ABLATION_FILES == sorted(ABLATION_VARIANTS)
+    stage = load_section(compose_cfg("stage=ablation").stage, AblationStageConfig, "stage")
+    assert stage.variants == list(ABLATION_VARIANTS) and stage.reference_threshold in stage.thresholds
+
+
+@pytest.mark.parametrize("variant", ABLATION_FILES)
+@pytest.mark.parametrize("stage", ["eval", "distill"])
+def test_ablation_experiments_compose_for_eval_and_distill(variant, stage):
+    from d3llm_pipeline.config.schema import (
+        ABLATION_VARIANTS,
+        DistillConfig,
+        DistillStageConfig,
+        EvalStageConfig,
+    )
+
+    overrides = [f"stage={stage}", f"experiment=ablation_{variant}"] + (["model=student"] if stage == "eval" else [])
+    cfg = compose_cfg(*overrides)
+    load_section(cfg.stage, {"eval": EvalStageConfig, "distill": DistillStageConfig}[stage], "stage")
+    dec = load_section(cfg.decode, DecodeConfig, "decode")
+    distill = load_section(cfg.distill, DistillConfig, "distill")
+    default = compose_cfg(*overrides[:1], *overrides[2:])
+    # A distillation variant trains (and evaluates) its own student; a decoding variant reuses the default one.
+    student = cfg.stage.out_dir if stage == "distill" else cfg.model.path
+    default_student = default.stage.out_dir if stage == "distill" else default.model.path
+    if ABLATION_VARIANTS[variant][0] == "distill":
+        assert f"/ablation/{variant}/student" in student and (dec.rule, dec.kv_cache, dec.early_stop) == (
+            "d3llm", False, True)
+    else:
+        assert student == default_student and distill.name == "d3llm" and distill.masking == "trajectory"
+    # The one delta each variant stands for.
+    expected = {
+        "full": (dec.rule, dec.kv_cache, dec.early_stop) == ("d3llm", False, True),
+        "random_masking": distill.masking == "random" and distill.curriculum.mask_ratio == "linear",
+        "no_mask_ratio_curriculum": (distill.curriculum.mask_ratio, distill.curriculum.r_min,
+                                     distill.curriculum.r_max) == ("off", 0.0, 0.8),
+        "no_window_curriculum": (distill.curriculum.window, distill.curriculum.fixed_window) == ("off", 16),
+        "dparallel": distill.name == "dparallel",
+        "single_block": (dec.rule, dec.early_stop) == ("threshold", True),
+        "kv_cache": (dec.rule, dec.kv_cache, dec.cache_delay_iter, dec.refresh_interval) == ("d3llm", True, 2, None),
+        "no_early_stop": (dec.rule, dec.early_stop) == ("d3llm", False),
+    }
+    assert expected[variant]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [(["stage.variants=[full,fancy]"], "stage.variants"), (["stage.variants=[]"], "stage.variants"),
+     (["stage.reference_threshold=0.7"], "stage.reference_threshold"),
+     (["stage.thresholds=[0.5,-1]"], "stage.thresholds"), (["+stage.step_overrides.report=[]"], "stage.step_overrides")],
+)
+def test_bad_ablation_values_name_the_key(overrides, key):
+    from d3llm_pipeline.config.schema import AblationStageConfig
+
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_section(compose_cfg("stage=ablation", *overrides).stage, AblationStageConfig, "stage")
+
+
+@pytest.mark.parametrize(("preset", "rule"), [("sweep_threshold", "threshold"), ("sweep_d3llm", "d3llm")])
+def test_sweep_presets_are_multiruns_over_explicit_thresholds(preset, rule):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["paths.root_dir=/x", "stage=eval", f"experiment={preset}"],
+                      return_hydra_config=True)
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN" and load_section(cfg.decode, DecodeConfig, "decode").rule == rule
+    taus = [float(t) for t in str(cfg.hydra.sweeper.params["decode.threshold"]).split(",")]
+    assert taus == [0.05, 0.2, 0.3, 0.5, 0.6, 1.0, 1.5, 2.2]  # = stage=pipeline's list, so curves compare
+    assert taus == list(compose_cfg("stage=pipeline").stage.thresholds)

@@ -39,11 +39,13 @@ class FakeLM:
         self.table = table  # (num_ids, G, V)
         self.calls: list[tuple[torch.Tensor, torch.Tensor | None]] = []
 
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               keep: torch.Tensor | None = None) -> torch.Tensor:
         self.calls.append((input_ids.clone(), None if attention_mask is None else attention_mask.clone()))
         gen = self.table[input_ids[:, 0]]  # (A, G, V)
         prompt = torch.zeros(input_ids.shape[0], input_ids.shape[1] - gen.shape[1], VOCAB)
-        return torch.cat([prompt, gen], dim=1)  # (A, L, V)
+        full = torch.cat([prompt, gen], dim=1)  # (A, L, V)
+        return full if keep is None else full[keep]  # (n, V) for the kept positions
 
 
 def peaked(rows: list[list[tuple[int, float]]]) -> torch.Tensor:
@@ -70,6 +72,36 @@ def assert_same(a, b) -> None:
 
 
 # ----------------------------------------------------------------------------------- selection rules
+def reference_predict(logits: torch.Tensor, banned: list[int]) -> tuple[torch.Tensor, ...]:
+    """The plain definition in float64: softmax over the allowed ids, its argmax, max and Shannon entropy."""
+    z = logits.double().clone()
+    z[..., banned] = float("-inf")
+    p = torch.softmax(z, dim=-1)
+    confidence, tokens = p.max(dim=-1)
+    return tokens, confidence, torch.special.entr(p).sum(dim=-1)
+
+
+@pytest.mark.parametrize("vocab", [20, 32000])
+def test_predict_equals_the_plain_definition_on_large_vocabularies(vocab):
+    # 20 rows of 32k: the CPU path works in chunks of 8 rows and uses the blocked max; both must be invisible.
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 5, vocab, generator=g) * torch.tensor([0.5, 2.0, 4.0, 8.0])[:, None, None]
+    tokens, confidence, entropy = reference_predict(logits, [MASK, PAD])
+    pred = predict(logits, banned_ids=[MASK, PAD])
+    assert pred.tokens.shape == (4, 5) and torch.equal(pred.tokens, tokens)
+    assert torch.allclose(pred.confidence.double(), confidence, atol=1e-6)
+    assert torch.allclose(pred.entropy.double(), entropy, atol=2e-5)
+    assert torch.equal(logits, torch.randn(4, 5, vocab, generator=torch.Generator().manual_seed(0))
+                       * torch.tensor([0.5, 2.0, 4.0, 8.0])[:, None, None])  # not consumed: input untouched
+
+
+def test_predict_breaks_token_ties_towards_the_lowest_id_across_runs():
+    logits = torch.zeros(2, 32000)
+    logits[0, [700, 70, 31999]] = 5.0  # three equal maxima in different runs of 64
+    logits[1, [130, 129]] = 3.0  # two equal maxima inside one run
+    assert predict(logits).tokens.tolist() == [70, 129]
+
+
 def test_predict_never_picks_banned_and_scores_by_hand() -> None:
     logits = torch.tensor([[0.0, 5.0, 0.0, math.log(3.0)]])  # MASK=1 has the largest logit
     pred = predict(logits, banned_ids=[MASK, PAD])

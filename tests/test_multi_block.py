@@ -27,7 +27,12 @@ def test_add_and_decode_thresholds_of_one_equal_single_block_threshold(gpt2_lm, 
 
 
 @pytest.mark.parametrize("spec", [multi(threshold=2.0), multi(threshold=2.9, early_stop=False),
-                                  multi(threshold=2.5, accept_global_best=True), multi(threshold=2.5, temperature=1.0)])
+                                  multi(threshold=2.5, accept_global_best=True), multi(threshold=2.5, temperature=1.0),
+                                  # with the prefix KV cache (samples are grouped by cache length per forward)
+                                  multi(threshold=2.0, kv_cache=True, cache_delay_iter=1),
+                                  multi(threshold=2.5, temperature=1.0, kv_cache=True, cache_delay_iter=1),
+                                  multi(threshold=2.9, early_stop=False, kv_cache=True, cache_delay_iter=1,
+                                        refresh_interval=4)])
 def test_batched_equals_one_by_one(gpt2_lm, prompts, spec):
     keys = torch.arange(10, 10 + prompts.shape[0])
     batched = decode(gpt2_lm, prompts, spec, sample_keys=keys)
@@ -36,6 +41,7 @@ def test_batched_equals_one_by_one(gpt2_lm, prompts, spec):
         assert torch.equal(batched.sequences[b : b + 1], alone.sequences)
         assert torch.equal(batched.nfe[b : b + 1], alone.nfe)
         assert torch.equal(batched.unmask_step[b : b + 1], alone.unmask_step)
+        assert torch.equal(batched.forwarded[b : b + 1], alone.forwarded)
 
 
 def test_several_blocks_decode_at_once_and_save_forwards(gpt2_lm, prompts):

@@ -17,9 +17,15 @@ STEP_OVERRIDES = {
     "distill": ["stage.epochs=1", "stage.batch_size=8", "distill.only_correct=false", "stage.val_problems=4"],
     "eval": ["stage.limit=8"],
 }
-# Hydra's override grammar needs values holding '=' quoted.
-STEPS = "stage.step_overrides={" + ", ".join(
-    f"{step}: [{', '.join(repr(o) for o in items)}]" for step, items in STEP_OVERRIDES.items()) + "}"
+
+
+def steps_override(steps: dict[str, list[str]]) -> str:
+    """`stage.step_overrides={...}` as one override (Hydra's grammar needs values holding '=' quoted)."""
+    return "stage.step_overrides={" + ", ".join(
+        f"{step}: [{', '.join(repr(o) for o in items)}]" for step, items in steps.items()) + "}"
+
+
+STEPS = steps_override(STEP_OVERRIDES)
 
 
 def run_pipeline(root: Path, run: str) -> dict:

@@ -112,3 +112,21 @@ def test_wandb_logger_runs_offline(trained_root):
     run_id = (run_dir / "wandb_run_id.txt").read_text().strip()
     offline_runs = list((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
     assert len(offline_runs) == 1  # offline: nothing was sent anywhere
+
+
+def test_sweep_preset_runs_as_a_multirun_and_logs_its_report_to_wandb(trained_root):
+    # No -m: the preset sets hydra.mode=MULTIRUN; stacked on the smoke setup; the command line's τ list replaces
+    # the preset's eight values.
+    sweep = trained_root / "sweep_preset"
+    proc = cli(trained_root, "stage=eval", "experiment=[smoke,sweep_d3llm]", "decode.threshold=0.5,2.0",
+               "stage.limit=4", "threads=1", "logger=wandb", f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
+    assert [(m["decoder"]["rule"], m["decoder"]["threshold"]) for m in jobs] == [("d3llm", 0.5), ("d3llm", 2.0)]
+    assert (sweep / "aup.json").is_file()
+    # The multirun callback logged the report as its own offline wandb run in the sweep dir.
+    run_id = (sweep / "wandb_run_id.txt").read_text().strip()
+    (run_dir,) = (sweep / "wandb").glob(f"offline-run-*-{run_id}")
+    (curves,) = (run_dir / "files" / "media" / "table" / "report").glob("curves_*.table.json")
+    rows = json.loads(curves.read_text())["data"]
+    assert sorted((r[2], r[3]) for r in rows) == [(0.5, jobs[0]["tpf"]), (2.0, jobs[1]["tpf"])]

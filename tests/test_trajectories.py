@@ -50,9 +50,9 @@ class RecordingLM(torch.nn.Module):
         self.mask_token_id, self.eos_token_id = inner.mask_token_id, inner.eos_token_id
         self.pad_token_id, self.shift_logits = inner.pad_token_id, inner.shift_logits
 
-    def logits(self, ids, attention_mask=None):
+    def logits(self, ids, attention_mask=None, keep=None):
         self.seen.append(ids[0, self.prompt_len :].clone())
-        return self.inner.logits(ids, attention_mask)
+        return self.inner.logits(ids, attention_mask, keep)
 
 
 @pytest.mark.parametrize("early_stop", [False, True])

@@ -52,6 +52,9 @@ class DecodeConfig:
     block_add_threshold: float = 0.1  # rule=d3llm: open the next block at this progress of the last one
     decoded_token_threshold: float = 0.95  # rule=d3llm: a block is fully active once its predecessor is this done
     accept_global_best: bool = False  # rule=d3llm: LLaDA variant, always accept the global min-entropy token
+    kv_cache: bool = False  # rule=d3llm: prefix KV cache with delayed caching and refresh (method.md §5.3)
+    cache_delay_iter: int = 2  # a completed block joins the cache this many iterations after completing
+    refresh_interval: int | None = None  # every this many iterations a full forward refreshes the cache; null = never
 
     def __post_init__(self) -> None:
         _check(self.rule in ("vanilla", "threshold", "d3llm"),
@@ -74,6 +77,11 @@ class DecodeConfig:
             for key in ("block_add_threshold", "decoded_token_threshold"):
                 value = getattr(self, key)
                 _check(0 < value <= 1, f"decode.{key} must be in (0, 1], got {value}")
+        _check(not self.kv_cache or self.rule == "d3llm",
+               f"decode.kv_cache=true needs decode.rule=d3llm (decode=d3llm), got rule={self.rule!r}")
+        _check(self.cache_delay_iter >= 0, f"decode.cache_delay_iter must be >= 0, got {self.cache_delay_iter}")
+        _check(self.refresh_interval is None or self.refresh_interval >= 1,
+               f"decode.refresh_interval must be >= 1 or null (never), got {self.refresh_interval}")
         if self.rule in ("threshold", "d3llm"):
             if self.score == "entropy":
                 _check(
@@ -329,6 +337,14 @@ class ReportStageConfig:
         _check(self.y_max is None or 0 < self.y_max <= 100, f"stage.y_max must be in (0, 100], got {self.y_max}")
 
 
+def _check_steps(step_overrides: dict[str, list[str]], thresholds: list[float]) -> None:
+    """The shared keys of stage=pipeline and stage=ablation: per-step overrides and the τ sweep."""
+    bad_steps = sorted(set(step_overrides) - {"teacher", "trajectory", "distill", "eval"})
+    _check(not bad_steps, f"stage.step_overrides keys must be teacher, trajectory, distill or eval; got {bad_steps}")
+    _check(len(thresholds) >= 1 and all(t > 0 for t in thresholds),
+           f"stage.thresholds must be positive entropy thresholds, got {thresholds}")
+
+
 @dataclass
 class PipelineStageConfig:
     name: str = "pipeline"
@@ -339,13 +355,44 @@ class PipelineStageConfig:
     step_overrides: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        bad_steps = sorted(set(self.step_overrides) - {"teacher", "trajectory", "distill", "eval"})
-        _check(not bad_steps, f"stage.step_overrides keys must be teacher, trajectory, distill or eval; got {bad_steps}")
-        _check(len(self.thresholds) >= 1 and all(t > 0 for t in self.thresholds),
-               f"stage.thresholds must be positive entropy thresholds, got {self.thresholds}")
+        _check_steps(self.step_overrides, self.thresholds)
         for key in ("teacher_decoders", "student_decoders"):
             bad = sorted(set(getattr(self, key)) - {"vanilla", "threshold", "d3llm"})
             _check(not bad, f"stage.{key} may hold vanilla, threshold, d3llm; got {bad}")
+
+
+# stage=ablation's variants: name -> (kind, what changed vs the `full` row). Each is conf/experiment/
+# ablation_<name>.yaml; "distill" variants train their own student (paths.student_dir), "decode" variants reuse
+# the default student and change only how it decodes.
+ABLATION_VARIANTS: dict[str, tuple[str, str]] = {
+    "full": ("decode", "reference: d3LLM student, multi-block decoding, early stop"),
+    "random_masking": ("distill", "random masks instead of the teacher's unmask order"),
+    "no_mask_ratio_curriculum": ("distill", "mask ratio r ~ U(0, 0.8) all run long (no progressive noise)"),
+    "no_window_curriculum": ("distill", "fixed 16-token window (no window curriculum)"),
+    "dparallel": ("distill", "dParallel recipe: random masks at r = 0.5, no curricula, no /4"),
+    "single_block": ("decode", "single-block threshold decoding (decode=threshold)"),
+    "kv_cache": ("decode", "prefix KV cache, delayed caching (decode.kv_cache=true)"),
+    "no_early_stop": ("decode", "no EOS early stop (decode.early_stop=false)"),
+}
+
+
+@dataclass
+class AblationStageConfig:
+    name: str = "ablation"
+    variants: list[str] = field(default_factory=lambda: list(ABLATION_VARIANTS))
+    thresholds: list[float] = field(default_factory=lambda: [0.05, 0.2, 0.5, 1.0, 2.2])  # one τ sweep per variant
+    reference_threshold: float = 0.5  # the τ whose accuracy / TPF / tokens/s go in the table
+    step_overrides: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = [v for v in self.variants if v not in ABLATION_VARIANTS]
+        _check(len(self.variants) >= 1 and not unknown, f"stage.variants must list some of "
+               f"{', '.join(ABLATION_VARIANTS)}; got {self.variants} (unknown: {unknown})")
+        _check(len(set(self.variants)) == len(self.variants), f"stage.variants lists a variant twice: {self.variants}")
+        _check_steps(self.step_overrides, self.thresholds)
+        _check(any(math.isclose(t, self.reference_threshold) for t in self.thresholds),
+               f"stage.reference_threshold={self.reference_threshold} must be one of stage.thresholds "
+               f"{self.thresholds}; pick one of them or add it to the list")
 
 
 # stage name -> schema of its `stage` section (the dispatcher's registry lives in d3llm_pipeline.stages)
@@ -358,6 +405,7 @@ STAGE_SCHEMAS: dict[str, type] = {
     "distill": DistillStageConfig,
     "report": ReportStageConfig,
     "pipeline": PipelineStageConfig,
+    "ablation": AblationStageConfig,
 }
 
 T = TypeVar("T")

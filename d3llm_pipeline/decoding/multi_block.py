@@ -10,7 +10,8 @@ With block_add_threshold = decoded_token_threshold = 1 this is exactly single-bl
     result = decode(lm, prompt_ids, spec)      # dispatches here
 
 Block state per sample: `opened` (B, N) and `fully` (B, N) bool; progress is recomputed from the masks each step.
-No KV cache yet: every forward sees the whole sequence (the delayed-refresh cache is the next increment).
+With `kv_cache` the prompt and settled leading blocks are served from a prefix KV cache with delayed caching and
+periodic refresh (decoding/prefix_cache.py); without it every forward runs the whole sequence.
 """
 
 from __future__ import annotations
@@ -20,8 +21,16 @@ import torch.nn.functional as F
 
 from d3llm_pipeline.decoding.metrics import generated_token_counts
 from d3llm_pipeline.decoding.noise import gumbel_noise
-from d3llm_pipeline.decoding.selection import predict, select_vanilla
-from d3llm_pipeline.decoding.semi_ar import DecodeResult, DecodeSpec, _apply_early_stop, _build_attention
+from d3llm_pipeline.decoding.prefix_cache import PrefixCacheState, plan_forward
+from d3llm_pipeline.decoding.selection import predict, scatter_prediction, select_vanilla
+from d3llm_pipeline.decoding.semi_ar import (
+    DecodeResult,
+    DecodeSpec,
+    _apply_early_stop,
+    _build_attention,
+    active_rows,
+    banned_ids,
+)
 
 
 def _update_blocks(gen_mask: torch.Tensor, gen: torch.Tensor, opened: torch.Tensor, fully: torch.Tensor,
@@ -60,21 +69,34 @@ def _accept(entropy: torch.Tensor, cand: torch.Tensor, fully: torch.Tensor, mask
     return accept | (forced & stalled[:, None])
 
 
-def _multi_block_step(model, x, attn, step, unmask, opened, fully, prompt_len, spec, sample_keys) -> None:
-    """One forward over the active rows; updates x, unmask, opened, fully (all (A, ...)) in place."""
+def _multi_block_step(model, x, attn, step, unmask, opened, fully, prompt_len, spec, sample_keys,
+                      cache: PrefixCacheState | None, rows: torch.Tensor) -> None:
+    """One forward over the active rows; updates x, unmask, opened, fully (all (A, ...)) and the cache in place.
+
+    rows: (A,) the active rows' indices into the batch (the cache is indexed by them).
+    """
     mask_id, eos_id = model.mask_token_id, model.eos_token_id
     gen = x[:, prompt_len:]  # (A, G) view
     gen_mask = gen == mask_id
-    masks = _update_blocks(gen_mask, gen, opened, fully, spec, eos_id)
-    end = int(opened.sum(-1).max()) * spec.block_size  # host sync: logits beyond the last open block are unused
+    masks = _update_blocks(gen_mask, gen, opened, fully, spec, eos_id)  # (A, N)
+    end = int(opened.sum(-1).max()) * spec.block_size  # host sync: nothing beyond the last open block is a candidate
     cand = (gen_mask & opened.repeat_interleave(spec.block_size, dim=1))[:, :end]  # (A, E)
-    logits = model.logits(x, attn)[:, prompt_len : prompt_len + end]  # (A, E, V)
+    keep = torch.zeros_like(x, dtype=torch.bool)  # (A, P+G): logits only where a token can be accepted
+    keep[:, prompt_len : prompt_len + end] = cand
+    if cache is None:
+        flat = model.logits(x, attn, keep=keep)  # (n, V), whole sequence forwarded
+    else:
+        completed_at, target, full = plan_forward(masks, cache.completed_at.index_select(0, rows),
+                                                  cache.length.index_select(0, rows), step + 1, prompt_len,
+                                                  spec.block_size, spec.cache_delay_iter, spec.refresh_interval)
+        cache.completed_at.index_copy_(0, rows, completed_at)
+        flat = cache.forward(model, x, attn, keep, rows, target, full)
     gumbel = None
     if spec.temperature > 0:
         positions = torch.arange(end, device=x.device).expand(x.shape[0], -1)
-        gumbel = gumbel_noise(spec.seed, sample_keys, step, positions, logits.shape[-1])
-    banned = [mask_id] if model.pad_token_id == eos_id else [mask_id, model.pad_token_id]
-    pred = predict(logits, banned_ids=banned, temperature=spec.temperature, gumbel=gumbel)  # (A, E)
+        gumbel = gumbel_noise(spec.seed, sample_keys, step, positions, flat.shape[-1])[cand]  # (n, V)
+    pred = predict(flat, banned_ids=banned_ids(model), temperature=spec.temperature, gumbel=gumbel, consume=True)
+    pred = scatter_prediction(pred, cand)  # fields (A, E); entropy +inf off the candidates
     accept = _accept(pred.entropy, cand, fully, masks, spec)
     gen[:, :end] = torch.where(accept, pred.tokens.to(gen.dtype), gen[:, :end])
     unmask[:, :end] = torch.where(accept, step[:, None], unmask[:, :end])
@@ -99,19 +121,27 @@ def decode_multi_block(model, prompt_ids: torch.Tensor, spec: DecodeSpec,
     opened[:, 0] = True  # block 1 opens at once and is fully active: its predecessor (the prompt) is done
     fully = opened.clone()
     keys = (torch.arange(batch, device=device) if sample_keys is None else sample_keys.to(device)).long()
+    cache = PrefixCacheState.empty(batch, n_blocks, device) if spec.kv_cache else None
+    forwarded = torch.zeros(batch, dtype=torch.long, device=device)
 
     for _ in range(spec.forward_cap):
         idx = (x[:, prompt_len:] == mask_id).any(-1).nonzero().squeeze(-1)  # (A,) one host sync
         if idx.numel() == 0:
             break
-        rows = [t.index_select(0, idx) for t in (x, unmask_step, opened, fully)]
-        rows_attn = attn.index_select(0, idx) if attn is not None else None
-        _multi_block_step(model, rows[0], rows_attn, nfe.index_select(0, idx), rows[1], rows[2], rows[3],
-                          prompt_len, spec, keys.index_select(0, idx))
+        everyone = idx.numel() == batch  # then work on the batch tensors in place: no gather / scatter back
+        rows = [active_rows(t, idx, everyone) for t in (x, unmask_step, opened, fully)]
+        rows_attn = active_rows(attn, idx, everyone) if attn is not None else None
+        step = nfe.clone() if everyone else nfe.index_select(0, idx)
+        _multi_block_step(model, rows[0], rows_attn, step, rows[1], rows[2], rows[3], prompt_len, spec,
+                          active_rows(keys, idx, everyone), cache, idx)
         nfe.index_add_(0, idx, torch.ones_like(idx))
-        for target, source in zip((x, unmask_step, opened, fully), rows, strict=True):
-            target.index_copy_(0, idx, source)
+        if not everyone:
+            for target, source in zip((x, unmask_step, opened, fully), rows, strict=True):
+                target.index_copy_(0, idx, source)
+        if cache is None:
+            forwarded.index_add_(0, idx, torch.full_like(idx, x.shape[1]))
 
     gen = x[:, prompt_len:]
     return DecodeResult(sequences=x, nfe=nfe, unmask_step=unmask_step,
-                        tokens=generated_token_counts(gen, model.eos_token_id), truncated=(gen == mask_id).any(-1))
+                        tokens=generated_token_counts(gen, model.eos_token_id), truncated=(gen == mask_id).any(-1),
+                        forwarded=forwarded if cache is None else cache.forwarded)

@@ -52,35 +52,98 @@ def higher_is_better(score: str) -> bool:
     return score == "confidence"
 
 
+# On CPU the rule's passes over the vocabulary are memory-bound: rows are processed in chunks of about this many
+# bytes so that every pass after the first finds them in L2 (128 x 32k candidates: 30 ms in one piece, 8.5 ms in
+# chunks of 8 rows, measured on the 2-core CI machine). GPUs take the whole block in one launch.
+_CPU_CHUNK_BYTES = 1 << 20
+
+
 def predict(
     logits: torch.Tensor,
     banned_ids: Iterable[int] = (),
     temperature: float = 0.0,
     gumbel: torch.Tensor | None = None,
+    consume: bool = False,
 ) -> Prediction:
     """Predicted token, confidence and entropy from logits (..., V); sampled at `temperature` > 0.
 
-    Banned ids (MASK, PAD) get -inf logits before the softmax, so they are never predicted and carry no
-    probability mass. The softmax runs in float32: enough to rank scores, and bf16/fp16 model outputs would
-    otherwise make entropies and ties noisy.
+    Banned ids (MASK, PAD) are excluded: never predicted, no probability mass. The arithmetic runs in float32
+    (enough to rank scores; bf16/fp16 outputs would make entropies and ties noisy). `consume=True` lets the
+    function work in place on float32 logits the caller no longer needs (the decoders' own fresh tensors),
+    saving a copy of the block.
     """
-    logits = logits.float()  # (..., V)
-    banned = sorted({int(i) for i in banned_ids})
-    if banned:
-        logits = logits.clone()
-        logits[..., banned] = float("-inf")
-    probs = torch.softmax(logits, dim=-1)  # (..., V)
-    if temperature > 0:
-        if gumbel is None:
-            raise ValueError("temperature > 0 needs Gumbel noise (see decoding.noise.gumbel_noise)")
-        # Gumbel-max: argmax(logits / T + g) is a draw from softmax(logits / T). The confidence stays the
+    if temperature > 0 and gumbel is None:
+        raise ValueError("temperature > 0 needs Gumbel noise (see decoding.noise.gumbel_noise)")
+    lead, vocab = logits.shape[:-1], logits.shape[-1]
+    z = logits.float()
+    if z is logits and not consume:
+        z = z.clone()
+    z = z.reshape(-1, vocab)  # (n, V)
+    noise = gumbel.reshape(-1, vocab) if gumbel is not None and temperature > 0 else None
+    banned = torch.tensor(sorted({int(i) for i in banned_ids}), dtype=torch.long, device=z.device)
+    n = z.shape[0]
+    step = max(1, _CPU_CHUNK_BYTES // (4 * vocab)) if z.device.type == "cpu" else max(n, 1)
+    parts = [_predict_rows(z[lo : lo + step], banned, temperature, None if noise is None else noise[lo : lo + step])
+             for lo in range(0, n, step)]
+    tokens, confidence, entropy = (torch.cat(t).reshape(lead) for t in zip(*parts, strict=True)) if parts else (
+        z.new_zeros(lead, dtype=torch.long), z.new_zeros(lead), z.new_zeros(lead))
+    return Prediction(tokens=tokens, confidence=confidence, entropy=entropy)
+
+
+def _predict_rows(
+    z: torch.Tensor, banned: torch.Tensor, temperature: float, gumbel: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(tokens, confidence, entropy), each (c,), from float32 logits z (c, V) that may be overwritten.
+
+    Entropy without materialising log p: with m = max z and p = softmax(z - m), the argmax has
+    p* = exp(-lse(z - m)), so H = -sum p log p = -log p* - sum p (z - m). Passes over V: one max, one shift,
+    the softmax (vectorised exp), a blocked max over p (token and confidence) and one fused dot product.
+    """
+    if banned.numel():
+        z.index_fill_(-1, banned, float("-inf"))
+    z.sub_(z.amax(dim=-1, keepdim=True))  # z - m <= 0: well-conditioned sums below; banned stay -inf
+    probs = torch.softmax(z, dim=-1)  # (c, V); banned -> 0
+    confidence, tokens = _max_with_index(probs)  # (c,) each; first maximum on ties
+    if banned.numel():
+        z.index_fill_(-1, banned, 0.0)  # p = 0 there: avoids 0 * -inf = nan in the dot product
+    entropy = -confidence.log() - torch.linalg.vecdot(probs, z)  # (c,) nats
+    if gumbel is not None:
+        # Gumbel-max: argmax(logits / T + g) is a draw from softmax(logits / T); z is logits shifted by a
+        # per-row constant, which changes neither. Banned ids get -inf again. The confidence stays the
         # unperturbed probability of the drawn token (as in LLaDA's low-confidence remasking).
-        tokens = (logits / temperature + gumbel).argmax(dim=-1)  # (...,)
-        confidence = probs.gather(-1, tokens[..., None]).squeeze(-1)
-    else:
-        confidence, tokens = probs.max(dim=-1)  # (...,) each
-    # entr(p) = -p log p with entr(0) = 0, so banned (p = 0) entries do not turn the sum into NaN.
-    entropy = torch.special.entr(probs).sum(dim=-1)  # (...,)
+        scores = z / temperature + gumbel
+        if banned.numel():
+            scores.index_fill_(-1, banned, float("-inf"))
+        tokens = scores.argmax(dim=-1)
+        confidence = probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    return tokens, confidence, entropy
+
+
+def _max_with_index(probs: torch.Tensor, width: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """`probs.max(-1)` for (c, V), in two small steps when V is a multiple of `width`.
+
+    A max that also tracks its index is a slow, scalar loop on CPU (213 us for 8 x 32k rows, against 15 us for a
+    plain vectorised `amax`): take the vectorised max of each run of `width` entries, then the index-tracking
+    max over the V / width run maxima and inside the one winning run (51 us, same result, first maximum on ties).
+    """
+    rows, vocab = probs.shape
+    if vocab % width or vocab < 4 * width:
+        return probs.max(dim=-1)
+    runs = probs.view(rows, vocab // width, width)  # (c, V/w, w)
+    best, run = runs.amax(dim=-1).max(dim=-1)  # (c,) each: the first run holding the maximum
+    inside = runs.gather(1, run.view(rows, 1, 1).expand(-1, 1, width)).squeeze(1).argmax(dim=-1)  # (c,)
+    return best, run * width + inside
+
+
+def scatter_prediction(flat: Prediction, where: torch.Tensor) -> Prediction:
+    """Spread predictions made for the True entries of `where` (A, K), in row-major order, back to (A, K).
+
+    Elsewhere: token 0, confidence 0 and entropy +inf (never better than a real candidate under either score).
+    """
+    tokens = torch.zeros(where.shape, dtype=flat.tokens.dtype, device=where.device)
+    confidence = torch.zeros(where.shape, dtype=flat.confidence.dtype, device=where.device)
+    entropy = torch.full(where.shape, float("inf"), dtype=flat.entropy.dtype, device=where.device)
+    tokens[where], confidence[where], entropy[where] = flat.tokens, flat.confidence, flat.entropy
     return Prediction(tokens=tokens, confidence=confidence, entropy=entropy)
 
 
@@ -95,13 +158,16 @@ def select_vanilla(
 ) -> torch.Tensor:
     """Accept the `k` best candidates per row (fewer if fewer remain); returns a bool mask (B, K).
 
-    score, candidates: (B, K). Equal scores are resolved towards the lowest position via a stable sort.
+    score, candidates: (B, K). Equal scores are resolved towards the lowest position (argmin returns the first
+    minimum; for k > 1 a stable sort keeps equal scores in position order).
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     key = _rank_key(score, candidates, higher_better)  # (B, K)
-    order = torch.sort(key, dim=-1, stable=True).indices  # (B, K) positions, best first
-    top = order[:, : min(k, key.shape[-1])]  # (B, k')
+    if k == 1:  # the common case (threshold rules, forced progress): no sort needed
+        top = key.argmin(dim=-1, keepdim=True)  # (B, 1)
+    else:
+        top = torch.sort(key, dim=-1, stable=True).indices[:, : min(k, key.shape[-1])]  # (B, k') best first
     accept = torch.zeros_like(candidates)
     # A row with fewer than k candidates still has k entries in `top`; the extra ones point at
     # non-candidates and are dropped by gathering the candidate flag.

@@ -28,7 +28,7 @@ import torch
 
 from d3llm_pipeline.decoding.metrics import generated_token_counts
 from d3llm_pipeline.decoding.noise import gumbel_noise
-from d3llm_pipeline.decoding.selection import predict, select_tokens
+from d3llm_pipeline.decoding.selection import predict, scatter_prediction, select_tokens
 from d3llm_pipeline.models.adapter import DiffusionLM
 
 
@@ -51,6 +51,9 @@ class DecodeSpec:
     # ... and make it fully active (forced progress) once its predecessor reaches this progress
     decoded_token_threshold: float = 0.95
     accept_global_best: bool = False  # d3LLM's LLaDA variant: always accept the global min-entropy candidate
+    kv_cache: bool = False  # rule "d3llm": prefix KV cache with delayed caching and refresh (decoding.prefix_cache)
+    cache_delay_iter: int = 2  # d: a completed block joins the cache this many iterations after completing
+    refresh_interval: int | None = None  # R: a full forward refreshes the cache every R iterations; None = never
 
     @property
     def num_blocks(self) -> int:
@@ -70,6 +73,7 @@ class DecodeResult:
     unmask_step: torch.Tensor  # (B, G) long: 0-based own forward index at which a position was revealed
     tokens: torch.Tensor  # (B,) long: generated tokens before the first EOS
     truncated: torch.Tensor | None = None  # (B,) bool: stopped by max_forwards with MASKs left
+    forwarded: torch.Tensor | None = None  # (B,) long: positions run through the model (rule "d3llm" only)
 
 
 def _current_block_positions(gen_mask: torch.Tensor, block_size: int) -> torch.Tensor:
@@ -100,6 +104,17 @@ def _apply_early_stop(
     newly = after & (gen == mask_id)  # (A, G) revealed by this rule right now
     unmask.copy_(torch.where(newly, step[:, None], unmask))
     gen.masked_fill_(after, eos_id)
+
+
+def banned_ids(model: DiffusionLM) -> list[int]:
+    """Ids a decoder never predicts: MASK, and PAD unless it doubles as EOS (banning it would forbid stopping)."""
+    return [model.mask_token_id] if model.pad_token_id == model.eos_token_id else [model.mask_token_id,
+                                                                                   model.pad_token_id]
+
+
+def active_rows(t: torch.Tensor, idx: torch.Tensor, everyone: bool) -> torch.Tensor:
+    """The rows `idx` of t as a copy, or t itself when every row is active (updated in place, no copy back)."""
+    return t if everyone else t.index_select(0, idx)
 
 
 def _build_attention(prompt_attention_mask: torch.Tensor | None, gen_length: int) -> torch.Tensor | None:
@@ -134,17 +149,19 @@ def _step(
     gen_mask = gen == mask_id  # (A, G)
     pos = _current_block_positions(gen_mask, spec.block_size)  # (A, K)
 
-    logits = model.logits(x, attn)[:, prompt_len:]  # (A, G, V)
-    vocab = logits.shape[-1]
-    block_logits = logits.gather(1, pos[:, :, None].expand(-1, -1, vocab))  # (A, K, V)
-    # PAD is banned unless it doubles as EOS (common in HF tokenizers); banning it then would forbid stopping.
-    banned = [mask_id] if model.pad_token_id == eos_id else [mask_id, model.pad_token_id]
+    candidates = gen_mask.gather(1, pos)  # (A, K)
+    # Logits only where a token can be accepted: the current block's masked positions, flattened (n, V).
+    keep = torch.zeros_like(x, dtype=torch.bool)  # (A, P+G)
+    keep[:, prompt_len:].scatter_(1, pos, candidates)
+    flat = model.logits(x, attn, keep=keep)  # (n, V), row-major order of the candidates
+    vocab = flat.shape[-1]
     gumbel = None
     if spec.temperature > 0:  # noise keyed by (seed, sample, own step, position, token): batch-independent
-        gumbel = gumbel_noise(spec.seed, sample_keys, step, pos, vocab)  # (A, K, V)
-    pred = predict(block_logits, banned_ids=banned, temperature=spec.temperature, gumbel=gumbel)  # (A, K)
-
-    candidates = gen_mask.gather(1, pos)  # (A, K)
+        gumbel = gumbel_noise(spec.seed, sample_keys, step, pos, vocab)[candidates]  # (n, V)
+    pred = scatter_prediction(
+        predict(flat, banned_ids=banned_ids(model), temperature=spec.temperature, gumbel=gumbel, consume=True),
+        candidates,
+    )  # fields (A, K)
     accept = select_tokens(
         pred, candidates, spec.rule, spec.score, spec.threshold, spec.tokens_per_step
     )  # (A, K) bool, subset of candidates
@@ -196,14 +213,15 @@ def decode(
         idx = active.nonzero().squeeze(-1)  # (A,); the one host sync of the iteration
         if idx.numel() == 0:
             break
-        rows_x = x.index_select(0, idx)  # (A, P+G) copy, updated in place below
-        rows_unmask = unmask_step.index_select(0, idx)  # (A, G)
-        rows_attn = attn.index_select(0, idx) if attn is not None else None
-        step = nfe.index_select(0, idx)  # (A,) own forward index of this pass
-        _step(model, rows_x, rows_attn, step, rows_unmask, prompt_len, spec, sample_keys.index_select(0, idx))
+        everyone = idx.numel() == batch  # then work on the batch tensors in place: no gather / scatter back
+        rows_x, rows_unmask = active_rows(x, idx, everyone), active_rows(unmask_step, idx, everyone)  # (A, P+G), (A, G): updated in place below
+        rows_attn = active_rows(attn, idx, everyone) if attn is not None else None
+        step = nfe.clone() if everyone else nfe.index_select(0, idx)  # (A,) own forward index of this pass
+        _step(model, rows_x, rows_attn, step, rows_unmask, prompt_len, spec, active_rows(sample_keys, idx, everyone))
         nfe.index_add_(0, idx, torch.ones_like(idx))
-        x.index_copy_(0, idx, rows_x)
-        unmask_step.index_copy_(0, idx, rows_unmask)
+        if not everyone:
+            x.index_copy_(0, idx, rows_x)
+            unmask_step.index_copy_(0, idx, rows_unmask)
 
     gen = x[:, prompt_len:]  # (B, G)
     return DecodeResult(

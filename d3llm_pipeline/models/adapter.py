@@ -1,20 +1,31 @@
 """The model adapter: everything the pure algorithms need to know about a diffusion LM.
 
 Decoding, masking and losses only ever talk to a `DiffusionLM`: token ids of MASK / EOS / PAD and a
-`logits(input_ids, attention_mask)` call whose output is *aligned*, i.e. `logits[:, i]` predicts token `i`.
-Family specifics stay here: Dream-style models predict token i from output i-1, so their logits are shifted
-right by one (position 0 reuses its own output); LLaDA-style models and the tiny teacher need no shift.
+`logits(input_ids, attention_mask, keep)` call whose output is *aligned*, i.e. `logits[:, i]` predicts token
+`i`. Family specifics stay here: Dream-style models predict token i from output i-1, so their logits are
+shifted right by one (position 0 reuses its own output); LLaDA-style models and the tiny teacher need no shift.
+
+Decoders ask only for the logits they use (`keep`, a (B, L) bool mask of positions): the output projection onto
+a 32k-150k vocabulary is the costliest part of a forward for a small model, and most positions of a diffusion
+step (the prompt, decoded tokens, future blocks) need none. `forward_kv` runs a suffix of the sequence on top
+of cached keys/values of its prefix (the d3LLM prefix KV cache, decoding/prefix_cache.py).
 
     from d3llm_pipeline.models.adapter import HFDiffusionAdapter
     lm = HFDiffusionAdapter(hf_model, mask_token_id=1, eos_token_id=2, pad_token_id=0)
-    logits = lm.logits(ids)            # (B, L, V)
+    logits = lm.logits(ids)                   # (B, L, V)
+    flat = lm.logits(ids, keep=keep)          # (keep.sum(), V), row-major order of the True entries
+    flat, kv = lm.forward_kv(ids, start=40, past=prefix_kv, keep=keep)   # kv: per layer (K, V) of [40, L)
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+import inspect
+from typing import Protocol, runtime_checkable
 
 import torch
+
+# Per layer (keys, values), each (B, H, T, D): T positions of one contiguous span.
+KV = list[tuple[torch.Tensor, torch.Tensor]]
 
 
 @runtime_checkable
@@ -27,8 +38,8 @@ class DiffusionLM(Protocol):
     shift_logits: bool
 
     def logits(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:  # (B, L) -> (B, L, V), aligned so that [:, i] predicts token i
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, keep: torch.Tensor | None = None
+    ) -> torch.Tensor:  # (B, L) -> (B, L, V) aligned so that [:, i] predicts token i; (n, V) with keep
         ...
 
 
@@ -60,29 +71,62 @@ class HFDiffusionAdapter(torch.nn.Module):
         self.eos_token_id = int(eos_token_id)
         self.pad_token_id = int(pad_token_id)
         self.shift_logits = bool(shift_logits)
+        # transformers 5.24 renamed `past_key_values` to `cache`; remote-code models (LLaDA, Dream) keep the old name.
+        params = inspect.signature(model.forward).parameters
+        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def forward(
+    def logits(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Aligned logits (B, L, V), or only the `keep` (B, L) positions as (keep.sum(), V)."""
+        if keep is None:
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask)
+            return align_logits(out.logits, self.shift_logits)
+        return self.forward_kv(input_ids, 0, None, attention_mask, keep, return_kv=False)[0]
+
+    def forward_kv(
         self,
         input_ids: torch.Tensor,
+        start: int,
+        past: KV | None,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: Any = None,
-        use_cache: bool = False,
-    ) -> tuple[torch.Tensor, Any]:
-        """Aligned logits (B, L, V) and the KV cache (None unless `use_cache`)."""
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            past_key_values=past_key_values,
-            use_cache=use_cache,
-        )
-        cache = out.past_key_values if use_cache else None
-        return align_logits(out.logits, self.shift_logits), cache
+        keep: torch.Tensor | None = None,
+        return_kv: bool = True,
+    ) -> tuple[torch.Tensor, KV | None]:
+        """Forward positions [start, L) of input_ids (B, L) on top of `past`, the K/V of positions [0, start).
 
-    def logits(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        return self.forward(input_ids, attention_mask)[0]
+        Returns the aligned logits of the `keep` (B, L) positions, flattened to (n, V) in row-major order (all
+        of [start, L) as (B, L - start, V) when keep is None; keep must be False before `start`), and the
+        per-layer K/V of positions [start, L). attention_mask, if given, covers all L positions.
+        """
+        assert (start == 0) == (past is None), "past must hold exactly the positions before start"
+        run_from = start
+        if self.shift_logits and start > 0:
+            # The prediction for token `start` is the output at start-1, which the cache does not hold:
+            # re-run that one (final, cached) position on top of the cache shortened by one.
+            run_from = start - 1
+            past = [(k[:, :, :run_from], v[:, :, :run_from]) for k, v in past]
+        kwargs = {"input_ids": input_ids[:, run_from:], "attention_mask": attention_mask}
+        if keep is not None:
+            raw_keep = keep[:, run_from:]
+            if self.shift_logits:  # aligned position i is raw output i-1 (position 0 is prompt, never kept)
+                raw_keep = torch.cat([raw_keep[:, 1:], torch.zeros_like(raw_keep[:, :1])], dim=1)
+            kwargs["logits_to_keep"] = raw_keep
+        if return_kv or past is not None:
+            from transformers import DynamicCache
+
+            kwargs[self._cache_kwarg] = DynamicCache(ddp_cache_data=past) if past is not None else None
+            kwargs["use_cache"] = True
+        out = self.model(**kwargs)
+        logits = out.logits
+        if keep is None:
+            logits = align_logits(logits, self.shift_logits)[:, start - run_from :]
+        kv = None
+        if return_kv:
+            cache = getattr(out, "cache", None) or out.past_key_values
+            kv = [(layer.keys[:, :, start:], layer.values[:, :, start:]) for layer in cache.layers]
+        return logits, kv

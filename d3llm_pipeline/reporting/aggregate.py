@@ -69,14 +69,19 @@ def build_report(runs: list[dict[str, Any]], y_max: float | None = None) -> dict
     return {"y_max": y_max, "curves": curves}
 
 
+def leaderboard_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per curve, best AUP first: model, decoder, aup, best_accuracy (%), max_tpf, points."""
+    return [{"model": c["model"], "decoder": c["decoder"], "aup": c["aup"],
+             "best_accuracy": max(p["accuracy"] for p in c["points"]),
+             "max_tpf": max(p["tpf"] for p in c["points"]), "points": len(c["points"])} for c in report["curves"]]
+
+
 def leaderboard(report: dict[str, Any]) -> str:
     """A markdown table, best AUP first."""
     lines = ["| model | decoder | AUP | best accuracy | max TPF | points |", "|---|---|---|---|---|---|"]
-    for c in report["curves"]:
-        best = max(p["accuracy"] for p in c["points"])
-        fastest = max(p["tpf"] for p in c["points"])
-        lines.append(f"| {c['model']} | {c['decoder']} | {c['aup']:.1f} | {best:.1f}% | {fastest:.2f} | "
-                     f"{len(c['points'])} |")
+    for r in leaderboard_rows(report):
+        lines.append(f"| {r['model']} | {r['decoder']} | {r['aup']:.1f} | {r['best_accuracy']:.1f}% | "
+                     f"{r['max_tpf']:.2f} | {r['points']} |")
     return "\n".join(lines)
 
 

@@ -29,6 +29,7 @@ STAGES = {
     "distill": "d3llm_pipeline.stages.distill:run",
     "report": "d3llm_pipeline.stages.report:run",
     "pipeline": "d3llm_pipeline.stages.pipeline:run",
+    "ablation": "d3llm_pipeline.stages.ablation:run",
 }
 
 
@@ -65,10 +66,10 @@ def run_stage(cfg: DictConfig) -> dict[str, Any]:
         log.exception("stage=%s failed; its output dir is %s", name, where)
         raise
     finally:
-        _finish_wandb()
+        finish_wandb()
 
 
-def _finish_wandb() -> None:
+def finish_wandb() -> None:
     """Always close a wandb run, or the next job of a multirun logs into this one."""
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:

@@ -59,7 +59,8 @@ def decode_spec(decode: DecodeConfig) -> DecodeSpec:
         gen_length=decode.gen_length, block_size=decode.block_size, rule=decode.rule, score=decode.score,
         threshold=decode.threshold, tokens_per_step=decode.tokens_per_step, early_stop=decode.early_stop,
         block_add_threshold=decode.block_add_threshold, decoded_token_threshold=decode.decoded_token_threshold,
-        accept_global_best=decode.accept_global_best,
+        accept_global_best=decode.accept_global_best, kv_cache=decode.kv_cache,
+        cache_delay_iter=decode.cache_delay_iter, refresh_interval=decode.refresh_interval,
     )
 
 

@@ -39,7 +39,7 @@ def evaluate_problems(
     prompts, _ = arith.encode(problems, tokenizer, prompt_length, spec.gen_length)
     device = next(lm.parameters()).device
     records: list[dict[str, Any]] = []
-    nfe_all, tokens_all = [], []
+    nfe_all, tokens_all, forwarded_all = [], [], []
     start = time.perf_counter()
     bar = tqdm(total=len(problems), desc="decode", unit="prob", disable=not progress, dynamic_ncols=True)
     for lo in range(0, len(problems), batch_size):
@@ -49,6 +49,8 @@ def evaluate_problems(
         nfe_b, tokens_b = result.nfe.cpu(), result.tokens.cpu()  # one device->host copy per batch
         nfe_all.append(nfe_b)
         tokens_all.append(tokens_b)
+        if result.forwarded is not None:
+            forwarded_all.append(result.forwarded.cpu())
         for i, problem in enumerate(problems[lo : lo + batch_size]):
             text = arith.decode_response(gen[i], tokenizer)
             records.append({
@@ -71,6 +73,8 @@ def evaluate_problems(
         "total_tokens": int(tokens.sum()),
         "mean_nfe": float(nfe.float().mean()),
         "tpf": tokens_per_forward(tokens, nfe),
+        # positions run through the model per sample forward (the KV cache shortens them; d3llm decoders only)
+        "positions_per_forward": float(torch.cat(forwarded_all).sum()) / float(nfe.sum()) if forwarded_all else None,
         "wall_s": round(wall, 3),
         "tokens_per_s": float(tokens.sum()) / wall if wall > 0 else None,
     }

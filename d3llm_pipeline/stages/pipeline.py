@@ -5,7 +5,7 @@
 Each step is composed exactly as its own command line would be (`stage=<step>` plus your other overrides),
 so `python -m d3llm_pipeline stage=pipeline task.n_test=200` passes `task.n_test=200` to every step. Sweeps
 write into `<run dir>/sweeps/<model>_<decoder>/<job>`; the report (aup_points.csv, aup.json, aup_curve.png and
-leaderboard.md) lands in the run dir.
+leaderboard.md) lands in the run dir; with `logger=wandb` it is also logged as wandb tables + a plot.
 """
 
 from __future__ import annotations
@@ -14,54 +14,37 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from hydra import compose
 from omegaconf import DictConfig
 
 from d3llm_pipeline.config.schema import PipelineStageConfig, load_section
 from d3llm_pipeline.reporting.aggregate import build_report, collect_runs, leaderboard, write_report
+from d3llm_pipeline.reporting.wandb_report import log_report
 from d3llm_pipeline.runtime import atomic_write_text
-from d3llm_pipeline.stages import call_stage, output_dir_of
+from d3llm_pipeline.stages import output_dir_of
+from d3llm_pipeline.stages.steps import run_step
 
 log = logging.getLogger(__name__)
-
-
-def _user_overrides(cfg: DictConfig) -> list[str]:
-    """The command line's overrides minus those that choose or configure the pipeline stage itself."""
-    listed = cfg.get("pipeline_overrides")
-    if listed is None:
-        from hydra.core.hydra_config import HydraConfig
-
-        listed = HydraConfig.get().overrides.task
-    return [o for o in listed if not o.lstrip("+~").startswith(("stage=", "stage.", "hydra", "output_dir"))]
-
-
-def _step(cfg: DictConfig, out_dir: Path, name: str, *overrides: str) -> dict[str, Any]:
-    step = overrides[0].split("=", 1)[1]  # "stage=<step>" comes first
-    extra = list(cfg.stage.get("step_overrides", {}).get(step, []))
-    sub = compose(config_name="config",
-                  overrides=[*_user_overrides(cfg), *overrides, *extra, f"+output_dir={out_dir / name}"])
-    log.info("pipeline: %s (%s)", name, " ".join(overrides))
-    return call_stage(sub)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     stage = load_section(cfg.stage, PipelineStageConfig, "stage")
     out_dir = Path(output_dir_of(cfg))
-    _step(cfg, out_dir, "teacher", "stage=teacher")
-    _step(cfg, out_dir, "trajectory", "stage=trajectory")
-    _step(cfg, out_dir, "distill", "stage=distill")
+    run_step(cfg, out_dir, "teacher", "stage=teacher")
+    run_step(cfg, out_dir, "trajectory", "stage=trajectory")
+    run_step(cfg, out_dir, "distill", "stage=distill")
     for model, decoders in (("tiny", stage.teacher_decoders), ("student", stage.student_decoders)):
         for decoder in decoders:
             taus = [None] if decoder == "vanilla" else stage.thresholds  # vanilla has no threshold
             for i, tau in enumerate(taus):
                 extra = [] if tau is None else [f"decode.threshold={tau}"]
-                _step(cfg, out_dir / "sweeps" / f"{model}_{decoder}", str(i), "stage=eval", f"model={model}",
-                      f"decode={decoder}", *extra)
+                run_step(cfg, out_dir / "sweeps" / f"{model}_{decoder}", str(i), "stage=eval", f"model={model}",
+                         f"decode={decoder}", *extra)
     runs, failed = collect_runs([out_dir / "sweeps"])
     report = build_report(runs)
     written = write_report(out_dir, report, failed)
     table = leaderboard(report)
     atomic_write_text(out_dir / "leaderboard.md", table + "\n")
+    log_report(cfg, report)
     print(table)
     log.info("pipeline finished: plot %s, table %s", out_dir / "aup_curve.png", out_dir / "leaderboard.md")
     return {"stage": "pipeline", "report": [str(p) for p in written], "failed_jobs": failed,

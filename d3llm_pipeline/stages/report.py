@@ -2,7 +2,8 @@
 
     python -m d3llm_pipeline stage=report 'stage.runs=[outputs/multirun/eval/2026-11-23_18-45-15,outputs/multirun/eval/2026-11-23_19-00-01]'
 
-Writes aup_points.csv, aup.json and aup_curve.png into its own output dir and prints the leaderboard.
+Writes aup_points.csv, aup.json and aup_curve.png into its own output dir and prints the leaderboard; with
+`logger=wandb` it also logs the curves and the leaderboard as wandb tables plus a plot (reporting/wandb_report.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from omegaconf import DictConfig
 
 from d3llm_pipeline.config.schema import ConfigError, ReportStageConfig, load_section
 from d3llm_pipeline.reporting.aggregate import build_report, collect_runs, leaderboard, write_report
+from d3llm_pipeline.reporting.wandb_report import log_report
 from d3llm_pipeline.stages import output_dir_of
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(output_dir_of(cfg))
     written = write_report(out_dir, report, failed)
     table = leaderboard(report)
+    log_report(cfg, report)
     print(table)
     log.info("report over %d eval jobs (%d failed/missing) -> %s", len(runs), len(failed),
              ", ".join(str(p) for p in written))

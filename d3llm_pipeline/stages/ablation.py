@@ -1,0 +1,101 @@
+"""stage=ablation (`make ablation`): the paper's ablations on the embedded task, run and tabulated by one command.
+
+    python -m d3llm_pipeline stage=ablation                       # every variant; reuses every finished artifact
+    python -m d3llm_pipeline stage=ablation 'stage.variants=[full,single_block]' 'stage.thresholds=[0.5,2.2]'
+
+A variant is an experiment file, conf/experiment/ablation_<name>.yaml (config/schema.py ABLATION_VARIANTS lists
+them). Every step is composed like its own command line (stages/steps.py: your other overrides, then the step's,
+then stage.step_overrides.<step>):
+1. stage=teacher, stage=trajectory and, when a variant decodes the default student, stage=distill: the shared
+   artifacts (finished ones are reused, so after `make demo` these return in seconds);
+2. per variant: `stage=distill experiment=ablation_<name>` if it is a distillation variant (its own student under
+   paths.student_dir, reused when finished), then one `stage=eval model=student experiment=ablation_<name>
+   decode.threshold=<τ>` per τ of stage.thresholds, into <run dir>/variants/<name>/<i>;
+3. the table: ablation.md + ablation.csv (accuracy / TPF / tokens/s at stage.reference_threshold, AUP over the
+   sweep with one y_max for all variants, ΔTPF / ΔAUP vs `full`) and the curves (aup_points.csv, aup.json,
+   aup_curve.png; one curve per variant, its `model` column holding the variant name).
+An experiment on the command line stays underneath each variant's: experiment=smoke runs `experiment=[smoke,
+ablation_<name>]`, so the variant's deltas apply on top of the smoke setup.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from d3llm_pipeline.config.schema import ABLATION_VARIANTS, AblationStageConfig, ConfigError, load_section
+from d3llm_pipeline.reporting.ablation_table import ablation_rows, as_lists, markdown_table, write_csv
+from d3llm_pipeline.reporting.aggregate import build_report, collect_runs, write_report
+from d3llm_pipeline.reporting.wandb_report import log_report
+from d3llm_pipeline.runtime import atomic_write_text
+from d3llm_pipeline.stages import output_dir_of
+from d3llm_pipeline.stages.steps import run_step, user_overrides
+
+log = logging.getLogger(__name__)
+
+
+def split_experiments(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """(the overrides without the experiment choice, the experiments it chose, in order)."""
+    rest, chosen = [], []
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key.lstrip("+~") != "experiment":
+            rest.append(override)
+            continue
+        names = [name.strip() for name in value.strip().strip("[]").split(",")]
+        chosen += [name for name in names if name and name != "null"]
+    return rest, chosen
+
+
+def variant_overrides(overrides: list[str], variant: str) -> list[str]:
+    """The user's overrides with ablation_<variant> selected on top of any experiment they chose."""
+    rest, chosen = split_experiments(overrides)
+    if any(o.lstrip("+~").split("=", 1)[0] == "decode" for o in rest):
+        raise ConfigError("stage=ablation chooses the decoder per variant (conf/experiment/ablation_*.yaml); drop "
+                          "decode=... from the command line (decode.<key>=... still reaches every step)")
+    return [*rest, f"experiment=[{','.join([*chosen, f'ablation_{variant}'])}]"]
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    stage = load_section(cfg.stage, AblationStageConfig, "stage")
+    out_dir = Path(output_dir_of(cfg))
+    user = user_overrides(cfg)
+    bases = {variant: variant_overrides(user, variant) for variant in stage.variants}  # fail fast, before training
+    run_step(cfg, out_dir, "teacher", "stage=teacher")
+    run_step(cfg, out_dir, "trajectory", "stage=trajectory")
+    if any(ABLATION_VARIANTS[v][0] == "decode" for v in stage.variants):
+        run_step(cfg, out_dir / "distill", "default", "stage=distill")  # the default student (as make demo's)
+    for variant in stage.variants:
+        if ABLATION_VARIANTS[variant][0] == "distill":
+            run_step(cfg, out_dir / "distill", variant, "stage=distill", base=bases[variant])
+        for i, tau in enumerate(stage.thresholds):
+            run_step(cfg, out_dir / "variants" / variant, str(i), "stage=eval", "model=student",
+                     f"decode.threshold={tau}", base=bases[variant])
+    return tabulate(cfg, stage, out_dir)
+
+
+def tabulate(cfg: DictConfig, stage: AblationStageConfig, out_dir: Path) -> dict[str, Any]:
+    """ablation.md / ablation.csv and the AUP curves from the eval jobs under <out_dir>/variants/."""
+    runs, failed = [], []
+    for variant in stage.variants:
+        found, missing = collect_runs([out_dir / "variants" / variant])
+        # Every variant decodes a model called tiny-student: label its curve with the variant instead.
+        runs += [{**run, "model": {**run["model"], "name": variant}} for run in found]
+        failed += missing
+    report = build_report(runs)  # y_max = the best accuracy of any variant: one scale for every AUP
+    written = write_report(out_dir, report, failed)
+    changes = {variant: ABLATION_VARIANTS[variant][1] for variant in stage.variants}
+    rows = ablation_rows(report, runs, changes, stage.reference_threshold)
+    table = markdown_table(rows, stage.reference_threshold, report["y_max"])
+    atomic_write_text(out_dir / "ablation.md", table + "\n")
+    written += [out_dir / "ablation.md", write_csv(rows, out_dir / "ablation.csv")]
+    log_report(cfg, report, tables={"ablation": as_lists(rows)})
+    print(table)
+    print(f"ablation table: {out_dir / 'ablation.md'} (+ ablation.csv); curves: {out_dir / 'aup_curve.png'}")
+    if failed:
+        log.warning("ablation: %d eval jobs failed or are missing: %s", len(failed), ", ".join(failed))
+    return {"stage": "ablation", "rows": rows, "y_max": report["y_max"], "failed_jobs": failed,
+            "report": [str(p) for p in written]}

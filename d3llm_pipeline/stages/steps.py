@@ -1,0 +1,48 @@
+"""Run one stage from inside another (stage=pipeline, stage=ablation), composed like its own command line.
+
+    run_step(cfg, out_dir, "teacher", "stage=teacher")      # == python -m d3llm_pipeline stage=teacher <your overrides>
+
+A step gets the outer command line's overrides (minus those that choose or configure the outer stage), then
+its own (`stage=<step>`, ...), then `stage.step_overrides.<step>`, and writes into `<out_dir>/<name>`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra import compose
+from omegaconf import DictConfig
+
+from d3llm_pipeline.stages import call_stage, finish_wandb
+
+log = logging.getLogger(__name__)
+
+
+def user_overrides(cfg: DictConfig) -> list[str]:
+    """The command line's overrides minus those that choose or configure the outer stage itself.
+
+    Tests (no Hydra app running) pass them as `+pipeline_overrides=[...]`.
+    """
+    listed = cfg.get("pipeline_overrides")
+    if listed is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        listed = HydraConfig.get().overrides.task
+    return [o for o in listed if not o.lstrip("+~").startswith(("stage=", "stage.", "hydra", "output_dir"))]
+
+
+def run_step(cfg: DictConfig, out_dir: Path, name: str, *overrides: str,
+             base: list[str] | None = None) -> dict[str, Any]:
+    """Compose and run `overrides` (the first is "stage=<step>") on top of `base` (default: user_overrides)."""
+    step = overrides[0].split("=", 1)[1]
+    extra = list(cfg.stage.get("step_overrides", {}).get(step, []))
+    base = user_overrides(cfg) if base is None else base
+    sub = compose(config_name="config", overrides=[*base, *overrides, *extra, f"+output_dir={out_dir / name}"])
+    chosen = [o for o in base if o.lstrip("+~").startswith("experiment=")]
+    log.info("%s: %s -> %s", cfg.stage.name, " ".join([*overrides, *chosen]), out_dir / name)
+    try:
+        return call_stage(sub)
+    finally:
+        finish_wandb()  # a step's wandb run must not swallow the next step's (or the final report's) logs

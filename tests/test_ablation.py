@@ -1,0 +1,140 @@
+"""stage=ablation: the table against hand-computed numbers; the whole stage end to end in seconds (logger=wandb)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from test_pipeline import STEP_OVERRIDES, steps_override  # the smoke steps stage=pipeline's test uses
+
+from d3llm_pipeline.reporting.ablation_table import ablation_rows, markdown_table, signed_pct, write_csv
+from d3llm_pipeline.reporting.aggregate import build_report
+from d3llm_pipeline.reporting.aup import aup
+from d3llm_pipeline.stages import call_stage
+from d3llm_pipeline.stages.ablation import split_experiments, variant_overrides
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def job(variant: str, tau: float, tpf: float, accuracy: float, tps: float) -> dict:
+    return {"stage": "eval", "model": {"name": variant}, "decoder": {"name": "d3llm", "threshold": tau},
+            "tpf": tpf, "accuracy": accuracy, "tokens_per_s": tps, "run_dir": f"{variant}/{tau}"}
+
+
+def test_table_matches_hand_computed_values(tmp_path):
+    runs = [
+        job("full", 0.5, 8.0, 0.96, 100.0), job("full", 2.0, 10.0, 0.96, 120.0),
+        job("random_masking", 0.5, 6.0, 0.96, 75.0), job("random_masking", 2.0, 12.0, 0.80, 150.0),
+        job("single_block", 0.5, 10.0, 0.90, 130.0), job("single_block", 2.0, 11.0, 0.90, 140.0),
+        job("dparallel", 2.0, 9.0, 0.50, 90.0),  # its τ = 0.5 job failed: no reference numbers
+    ]
+    report = build_report(runs)
+    assert report["y_max"] == pytest.approx(96.0)  # one y_max for every variant: the best accuracy of any
+    changes = {"full": "reference", "random_masking": "random masks", "single_block": "one block",
+               "dparallel": "dParallel"}
+    rows = {r["variant"]: r for r in ablation_rows(report, runs, changes, reference_threshold=0.5)}
+    # full: 8·96 + ½·(10 − 8)·(96 + 96) = 960 (W(96) = 1 at y_max).
+    assert rows["full"]["aup"] == pytest.approx(960.0)
+    assert (rows["full"]["delta_tpf"], rows["full"]["delta_aup"]) == (0.0, 0.0)
+    # random_masking: 80 is more than 5 points below 96, so only 6·96 = 576 counts; TPF 6 vs 8, AUP 576 vs 960.
+    assert rows["random_masking"]["aup"] == pytest.approx(576.0)
+    assert rows["random_masking"]["delta_tpf"] == pytest.approx(-25.0)
+    assert rows["random_masking"]["delta_aup"] == pytest.approx(-40.0)
+    # single_block: 10·90 + ½·1·(90·W + 90·W), W = exp(−3·(1 − 90/96)) = exp(−0.1875) = 0.829029...
+    assert rows["single_block"]["aup"] == pytest.approx(900.0 + 90.0 * 0.8290291181, abs=1e-6)
+    assert rows["single_block"]["delta_tpf"] == pytest.approx(25.0)
+    assert rows["single_block"]["delta_aup"] == pytest.approx(100.0 * (974.6126206 - 960.0) / 960.0, abs=1e-5)
+    assert (rows["single_block"]["accuracy"], rows["single_block"]["tpf"], rows["single_block"]["tokens_per_s"]) == (
+        pytest.approx(90.0), 10.0, 130.0)
+    assert rows["dparallel"]["accuracy"] is None and rows["dparallel"]["delta_tpf"] is None
+    assert rows["dparallel"]["aup"] == pytest.approx(9.0 * 50.0)  # the sweep's AUP is still known...
+    assert rows["dparallel"]["delta_aup"] == pytest.approx(100.0 * (450.0 - 960.0) / 960.0)  # ...and compares
+
+    table = markdown_table(list(rows.values()), 0.5, report["y_max"]).splitlines()
+    assert table[0].startswith("| variant | what changed | accuracy (%) @ τ=0.5 | TPF @ τ=0.5 |")
+    assert table[2] == "| full | reference | 96.0 | 8.00 | 100 | 960.0 | (ref) | (ref) |"
+    assert table[3] == "| random_masking | random masks | 96.0 | 6.00 | 75 | 576.0 | -25.0% | -40.0% |"
+    assert table[4] == "| single_block | one block | 90.0 | 10.00 | 130 | 974.6 | +25.0% | +1.5% |"
+    assert table[5] == "| dparallel | dParallel | n/a | n/a | n/a | 450.0 | n/a | -53.1% |"
+    assert "y_max = 96.0" in table[-1]
+
+    written = list(csv.DictReader(open(write_csv(list(rows.values()), tmp_path / "ablation.csv"))))
+    assert [r["variant"] for r in written] == list(changes)
+    assert float(written[2]["delta_aup_pct"]) == pytest.approx(rows["single_block"]["delta_aup"])
+    assert written[3]["accuracy_pct"] == ""  # unknown stays empty, never 0
+
+
+def test_signed_percent_always_has_a_sign():
+    assert [signed_pct(v) for v in (12.34, -4.0, -0.04, 0.0, None)] == ["+12.3%", "-4.0%", "+0.0%", "+0.0%", "n/a"]
+
+
+def test_variant_experiment_goes_on_top_of_the_users():
+    user = ["experiment=smoke", "threads=1", "decode.batch_size=8"]
+    assert split_experiments(user) == (["threads=1", "decode.batch_size=8"], ["smoke"])
+    assert variant_overrides(user, "kv_cache")[-1] == "experiment=[smoke,ablation_kv_cache]"
+    assert variant_overrides(["threads=1"], "full") == ["threads=1", "experiment=[ablation_full]"]
+    from d3llm_pipeline.config.schema import ConfigError
+
+    with pytest.raises(ConfigError, match="decode="):
+        variant_overrides(["decode=vanilla"], "full")
+
+
+# stage=pipeline's smoke steps, but a teacher of 60 steps: it already emits non-EOS tokens (TPF > 0) while
+# staying seconds-cheap (accuracy is still 0).
+STEPS = steps_override({**STEP_OVERRIDES, "teacher": ["stage.max_steps=60", "stage.warmup_steps=1",
+                                                      "stage.batch_size=8", "stage.val_every=1000", "stage.val_problems=4"]})
+
+
+def test_ablation_stage_end_to_end(tmp_path):
+    overrides = ["experiment=smoke", "threads=1", "task.n_train=100", f"paths.root_dir={tmp_path}", "logger=wandb"]
+    run_dir = tmp_path / "ablation"
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            "stage=ablation", "stage.variants=[full,random_masking,single_block]", "stage.thresholds=[0.5,2.0]",
+            STEPS, f"+output_dir={run_dir}", f"+pipeline_overrides={overrides}", *overrides])
+        result = call_stage(cfg)
+
+    artifacts = tmp_path / "outputs" / "artifacts_smoke"  # experiment=smoke stayed underneath every variant
+    assert (artifacts / "student" / "merged" / "model.safetensors").is_file()
+    own = artifacts / "ablation" / "random_masking" / "student" / "merged"
+    assert json.loads((own / "training_summary.json").read_text())["recipe"]["masking"] == "random"
+
+    rows = list(csv.DictReader(open(run_dir / "ablation.csv")))
+    assert [r["variant"] for r in rows] == ["full", "random_masking", "single_block"] == [
+        r["variant"] for r in result["rows"]]
+    md = (run_dir / "ablation.md").read_text().splitlines()
+    assert [line.split(" | ")[0] for line in md if line.startswith("| ")][1:] == [
+        "| full", "| random_masking", "| single_block"]  # after the header, one row per variant
+    assert {p.name for p in run_dir.iterdir()} >= {"aup_points.csv", "aup.json", "aup_curve.png"}
+
+    metrics = {v: [json.loads((run_dir / "variants" / v / str(i) / "metrics.json").read_text()) for i in (0, 1)]
+               for v in ("full", "random_masking", "single_block")}
+    assert metrics["full"][0]["decoder"]["rule"] == "d3llm" and metrics["single_block"][0]["decoder"]["rule"] == (
+        "threshold")
+    assert metrics["random_masking"][1]["model"]["path"] == str(own)
+    assert metrics["single_block"][0]["model"]["path"] == str(artifacts / "student" / "merged")
+    assert [m["decoder"]["threshold"] for m in metrics["full"]] == [0.5, 2.0]
+    y_max = max(100.0 * m["accuracy"] for jobs in metrics.values() for m in jobs)
+    full_tpf = metrics["full"][0]["tpf"]
+    assert full_tpf > 0
+    for row in rows:
+        ref = metrics[row["variant"]][0]  # τ = 0.5, the reference threshold
+        assert float(row["accuracy_pct"]) == pytest.approx(100.0 * ref["accuracy"])
+        assert float(row["tpf"]) == pytest.approx(ref["tpf"])
+        assert float(row["tokens_per_s"]) == pytest.approx(ref["tokens_per_s"])
+        assert float(row["delta_tpf_pct"]) == pytest.approx(100.0 * (ref["tpf"] - full_tpf) / full_tpf)
+        pairs = [(m["tpf"], 100.0 * m["accuracy"]) for m in metrics[row["variant"]] if m["tpf"] > 0]
+        expected = aup(pairs, y_max) if pairs and y_max > 0 else 0.0
+        assert math.isclose(float(row["aup"]), expected, abs_tol=1e-9)
+
+    # logger=wandb: every step logged into its own run, and the report run holds the ablation table.
+    assert (run_dir / "variants" / "single_block" / "1" / "wandb_run_id.txt").is_file()
+    run_id = (run_dir / "wandb_run_id.txt").read_text().strip()
+    (logged,) = (run_dir / "wandb").glob(f"offline-run-*-{run_id}/files/media/table/report/ablation_*.table.json")
+    table = json.loads(logged.read_text())
+    assert table["columns"] == list(rows[0]) and [r[0] for r in table["data"]] == [r["variant"] for r in rows]
+    assert [r[3] for r in table["data"]] == [pytest.approx(float(r["tpf"])) for r in rows]
