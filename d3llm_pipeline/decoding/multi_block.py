@@ -16,13 +16,15 @@ periodic refresh (decoding/prefix_cache.py); without it every forward runs the w
 
 from __future__ import annotations
 
+from dataclasses import astuple
+
 import torch
 import torch.nn.functional as F
 
 from d3llm_pipeline.decoding.metrics import generated_token_counts
 from d3llm_pipeline.decoding.noise import gumbel_noise
 from d3llm_pipeline.decoding.prefix_cache import PrefixCacheState, plan_forward
-from d3llm_pipeline.decoding.selection import predict, scatter_prediction, select_vanilla
+from d3llm_pipeline.decoding.selection import Prediction, predict, scatter_prediction, select_vanilla
 from d3llm_pipeline.decoding.semi_ar import (
     DecodeResult,
     DecodeSpec,
@@ -69,6 +71,31 @@ def _accept(entropy: torch.Tensor, cand: torch.Tensor, fully: torch.Tensor, mask
     return accept | (forced & stalled[:, None])
 
 
+def _predict_groups(groups, cand: torch.Tensor, step: torch.Tensor, sample_keys: torch.Tensor, spec: DecodeSpec,
+                    banned: list[int]) -> Prediction:
+    """Token, confidence, entropy (A, E) from each group's candidate logits; entropy +inf off the candidates.
+
+    groups: [(indices into the A rows or None for all of them, logits (n_g, V) of those rows' candidates)].
+    """
+    parts = []
+    for g, logits in groups:
+        sub_cand = cand if g is None else cand.index_select(0, g)  # (A_g, E)
+        gumbel = None
+        if spec.temperature > 0:  # keyed by (seed, sample, own step, position, token): batch-independent
+            sub_step, sub_keys = (step, sample_keys) if g is None else (step[g], sample_keys[g])
+            positions = torch.arange(cand.shape[1], device=cand.device).expand(sub_cand.shape[0], -1)
+            gumbel = gumbel_noise(spec.seed, sub_keys, sub_step, positions, logits.shape[-1])[sub_cand]
+        pred = predict(logits, banned_ids=banned, temperature=spec.temperature, gumbel=gumbel, consume=True)
+        parts.append((g, scatter_prediction(pred, sub_cand)))
+    if len(parts) == 1 and parts[0][0] is None:
+        return parts[0][1]
+    fields = [torch.empty(cand.shape, dtype=t.dtype, device=cand.device) for t in astuple(parts[0][1])]
+    for g, pred in parts:  # every row belongs to exactly one group
+        for target, source in zip(fields, astuple(pred), strict=True):
+            target.index_copy_(0, g, source)
+    return Prediction(*fields)
+
+
 def _multi_block_step(model, x, attn, step, unmask, opened, fully, prompt_len, spec, sample_keys,
                       cache: PrefixCacheState | None, rows: torch.Tensor) -> None:
     """One forward over the active rows; updates x, unmask, opened, fully (all (A, ...)) and the cache in place.
@@ -84,19 +111,14 @@ def _multi_block_step(model, x, attn, step, unmask, opened, fully, prompt_len, s
     keep = torch.zeros_like(x, dtype=torch.bool)  # (A, P+G): logits only where a token can be accepted
     keep[:, prompt_len : prompt_len + end] = cand
     if cache is None:
-        flat = model.logits(x, attn, keep=keep)  # (n, V), whole sequence forwarded
+        groups = [(None, model.logits(x, attn, keep=keep))]  # (n, V), whole sequence forwarded
     else:
         completed_at, target, full = plan_forward(masks, cache.completed_at.index_select(0, rows),
                                                   cache.length.index_select(0, rows), step + 1, prompt_len,
                                                   spec.block_size, spec.cache_delay_iter, spec.refresh_interval)
         cache.completed_at.index_copy_(0, rows, completed_at)
-        flat = cache.forward(model, x, attn, keep, rows, target, full)
-    gumbel = None
-    if spec.temperature > 0:
-        positions = torch.arange(end, device=x.device).expand(x.shape[0], -1)
-        gumbel = gumbel_noise(spec.seed, sample_keys, step, positions, flat.shape[-1])[cand]  # (n, V)
-    pred = predict(flat, banned_ids=banned_ids(model), temperature=spec.temperature, gumbel=gumbel, consume=True)
-    pred = scatter_prediction(pred, cand)  # fields (A, E); entropy +inf off the candidates
+        groups = cache.forward(model, x, attn, keep, rows, target, full)
+    pred = _predict_groups(groups, cand, step, sample_keys, spec, banned_ids(model))  # fields (A, E)
     accept = _accept(pred.entropy, cand, fully, masks, spec)
     gen[:, :end] = torch.where(accept, pred.tokens.to(gen.dtype), gen[:, :end])
     unmask[:, :end] = torch.where(accept, step[:, None], unmask[:, :end])

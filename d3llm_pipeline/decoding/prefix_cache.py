@@ -22,7 +22,7 @@ forward start (at most one group per block boundary), so batched == one-by-one h
 
     state = PrefixCacheState.empty(batch, n_blocks, device)
     completed_at, target, full = plan_forward(masks, state.completed_at[rows], state.length[rows], it, ...)
-    flat, order = state.forward(model, x, attn, keep, rows, target, full)   # logits of `keep`, grouped order
+    groups = state.forward(model, x, attn, keep, rows, target, full)   # [(rows of the group, logits)]
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+
+from d3llm_pipeline.decoding.semi_ar import active_rows
 
 
 def plan_forward(
@@ -90,38 +92,38 @@ class PrefixCacheState:
         rows: torch.Tensor,
         target: torch.Tensor,
         full: torch.Tensor,
-    ) -> torch.Tensor:
-        """Logits (n, V) of the `keep` (A, L) positions in row-major order; updates the cache of `rows` (A,).
+    ) -> list[tuple[torch.Tensor | None, torch.Tensor]]:
+        """Per group of rows, (their indices into the A active rows or None for all, logits (n_g, V) of their
+        `keep` positions in row-major order); updates the cache of `rows` (A,).
 
         x, attn: the active rows (A, L); rows: their indices into the batch; target, full: from plan_forward.
-        One model call per distinct forward start (0 for full rows, the cache length otherwise).
+        One model call per distinct forward start (0 for full rows, the cache length otherwise). The groups'
+        logits are handed back as they are: reordering them into one row-major block would copy (n, V).
         """
         start = torch.where(full, torch.zeros_like(target), self.length[rows])  # (A,)
         starts, targets = torch.stack([start, target]).tolist()  # the iteration's one host sync for the cache
-        pieces, order = [], []
+        groups = []
+        batch = self.length.shape[0]
         for s in sorted(set(starts)):
             local = [i for i, v in enumerate(starts) if v == s]
             g = torch.tensor(local, device=x.device)
-            global_rows = rows.index_select(0, g)
+            # Every sample of the batch in this group (always so at batch 1): plain slices, no gather / scatter.
+            global_rows = slice(None) if len(local) == batch else rows.index_select(0, g)
             past = None if s == 0 else [(k[global_rows, :, :s], v[global_rows, :, :s])
                                         for k, v in zip(self.keys, self.values, strict=True)]
             need_kv = any(targets[i] > s for i in local)
-            logits, kv = model.forward_kv(x.index_select(0, g), s, past,
-                                          None if attn is None else attn.index_select(0, g),
-                                          keep.index_select(0, g), return_kv=need_kv)
+            whole = len(local) == x.shape[0]
+            logits, kv = model.forward_kv(active_rows(x, g, whole), s, past,
+                                          None if attn is None else active_rows(attn, g, whole),
+                                          active_rows(keep, g, whole), return_kv=need_kv)
             if need_kv:
                 self._write(global_rows, s, kv)
-            pieces.append(logits)
-            order.append(g)
+            groups.append((None if whole else g, logits))
         self.forwarded.index_add_(0, rows, x.shape[1] - start)
         self.length.index_copy_(0, rows, target)  # targets never shrink: complete blocks stay complete
-        flat = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
-        if len(pieces) > 1:  # groups came out one after another: restore row-major order of the kept entries
-            row_of_entry = torch.cat(order).repeat_interleave(keep.sum(dim=1).index_select(0, torch.cat(order)))
-            flat = flat.index_select(0, torch.sort(row_of_entry, stable=True).indices)
-        return flat
+        return groups
 
-    def _write(self, global_rows: torch.Tensor, start: int, kv) -> None:
+    def _write(self, global_rows: torch.Tensor | slice, start: int, kv) -> None:
         """Store positions [start, L) of each layer's new keys/values; rows' valid lengths are set by the caller."""
         if not self.keys:  # first forward: allocate (B, H, L, D) per layer from the shapes the model returned
             batch = self.length.shape[0]
