@@ -43,6 +43,7 @@ def test_table_matches_hand_computed_values(tmp_path):
     # random_masking: 80 is more than 5 points below 96, so only 6·96 = 576 counts; TPF 6 vs 8, AUP 576 vs 960.
     assert rows["random_masking"]["aup"] == pytest.approx(576.0)
     assert rows["random_masking"]["delta_tpf"] == pytest.approx(-25.0)
+    assert rows["random_masking"]["delta_tps"] == pytest.approx(-25.0)  # 75 vs 100 tokens/s
     assert rows["random_masking"]["delta_aup"] == pytest.approx(-40.0)
     # single_block: 10·90 + ½·1·(90·W + 90·W), W = exp(−3·(1 − 90/96)) = exp(−0.1875) = 0.829029...
     assert rows["single_block"]["aup"] == pytest.approx(900.0 + 90.0 * 0.8290291181, abs=1e-6)
@@ -56,10 +57,10 @@ def test_table_matches_hand_computed_values(tmp_path):
 
     table = markdown_table(list(rows.values()), 0.5, report["y_max"]).splitlines()
     assert table[0].startswith("| variant | what changed | accuracy (%) @ τ=0.5 | TPF @ τ=0.5 |")
-    assert table[2] == "| full | reference | 96.0 | 8.00 | 100 | 960.0 | (ref) | (ref) |"
-    assert table[3] == "| random_masking | random masks | 96.0 | 6.00 | 75 | 576.0 | -25.0% | -40.0% |"
-    assert table[4] == "| single_block | one block | 90.0 | 10.00 | 130 | 974.6 | +25.0% | +1.5% |"
-    assert table[5] == "| dparallel | dParallel | n/a | n/a | n/a | 450.0 | n/a | -53.1% |"
+    assert table[2] == "| full | reference | 96.0 | 8.00 | 100 | 960.0 | (ref) | (ref) | (ref) |"
+    assert table[3] == "| random_masking | random masks | 96.0 | 6.00 | 75 | 576.0 | -25.0% | -25.0% | -40.0% |"
+    assert table[4] == "| single_block | one block | 90.0 | 10.00 | 130 | 974.6 | +25.0% | +30.0% | +1.5% |"
+    assert table[5] == "| dparallel | dParallel | n/a | n/a | n/a | 450.0 | n/a | n/a | -53.1% |"
     assert "y_max = 96.0" in table[-1]
 
     written = list(csv.DictReader(open(write_csv(list(rows.values()), tmp_path / "ablation.csv"))))

@@ -27,6 +27,7 @@ COLUMNS = [
     ("tokens_per_s", "tokens/s", "tokens_per_s"),
     ("aup", "AUP", "aup"),
     ("delta_tpf_pct", "ΔTPF", "delta_tpf"),
+    ("delta_tps_pct", "Δtokens/s", "delta_tps"),
     ("delta_aup_pct", "ΔAUP", "delta_aup"),
 ]
 
@@ -50,7 +51,7 @@ def ablation_rows(report: dict[str, Any], runs: list[dict[str, Any]], changes: d
                   reference_threshold: float, reference: str = "full") -> list[dict[str, Any]]:
     """One row per variant of `changes` (variant -> what changed), in its order.
 
-    accuracy is in percent; delta_tpf / delta_aup are relative changes vs the `reference` variant's row, in
+    accuracy is in percent; delta_tpf / delta_tps / delta_aup are relative changes vs the `reference` variant's row, in
     percent (None when that row is missing or a value is unknown).
     """
     aups = {c["model"]: c["aup"] for c in report["curves"]}
@@ -67,6 +68,7 @@ def ablation_rows(report: dict[str, Any], runs: list[dict[str, Any]], changes: d
     ref = next((r for r in rows if r["variant"] == reference), None)
     for row in rows:
         row["delta_tpf"] = _relative_pct(row["tpf"], ref and ref["tpf"])
+        row["delta_tps"] = _relative_pct(row["tokens_per_s"], ref and ref["tokens_per_s"])
         row["delta_aup"] = _relative_pct(row["aup"], ref and ref["aup"])
     return rows
 
@@ -82,7 +84,7 @@ def _cell(key: str, value: Any) -> str:
     if value is None:
         return "n/a"
     formats = {"accuracy": "{:.1f}", "tpf": "{:.2f}", "tokens_per_s": "{:.0f}", "aup": "{:.1f}"}
-    if key in ("delta_tpf", "delta_aup"):
+    if key in ("delta_tpf", "delta_tps", "delta_aup"):
         return signed_pct(value)
     return formats.get(key, "{}").format(value)
 
@@ -96,12 +98,13 @@ def markdown_table(rows: list[dict[str, Any]], reference_threshold: float, y_max
     for row in rows:
         cells = [_cell(key, row[key]) for _, _, key in COLUMNS]
         if row["variant"] == reference:
-            cells[-2:] = ["(ref)", "(ref)"]
+            cells[-3:] = ["(ref)", "(ref)", "(ref)"]
         lines.append("| " + " | ".join(cells) + " |")
     y = "n/a" if y_max is None else f"{y_max:.1f}"
     lines.append("")
     lines.append(f"AUP over each variant's τ sweep with one y_max = {y} (the best accuracy of any variant); "
-                 f"ΔTPF and ΔAUP are relative to the `{reference}` row.")
+                 f"ΔTPF, Δtokens/s and ΔAUP are relative to the `{reference}` row (tokens/s is wall-clock, so it "
+                 "moves with the machine's load).")
     return "\n".join(lines)
 
 
