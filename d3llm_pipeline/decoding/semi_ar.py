@@ -16,8 +16,9 @@ model batch, so `nfe` is the number of forwards each sample really needed.
     result = decode(lm, prompt_ids, spec)              # lm: a DiffusionLM
     result.sequences  # (B, P+G)   result.nfe  # (B,)   result.unmask_step  # (B, G)   result.tokens  # (B,)
 
-The loop is vectorised over samples and positions; the only host sync per iteration is gathering the
-indices of the still-active samples (which also decides whether to stop).
+The loop is vectorised over samples and positions; the only host syncs per iteration are gathering the
+indices of the still-active samples (which also decides whether to stop) and, inside the model call, selecting
+the candidate positions whose logits are computed (`keep`: the LM head runs on those alone).
 """
 
 from __future__ import annotations
@@ -214,10 +215,12 @@ def decode(
         if idx.numel() == 0:
             break
         everyone = idx.numel() == batch  # then work on the batch tensors in place: no gather / scatter back
-        rows_x, rows_unmask = active_rows(x, idx, everyone), active_rows(unmask_step, idx, everyone)  # (A, P+G), (A, G): updated in place below
+        rows_x = active_rows(x, idx, everyone)  # (A, P+G), updated in place below
+        rows_unmask = active_rows(unmask_step, idx, everyone)  # (A, G)
         rows_attn = active_rows(attn, idx, everyone) if attn is not None else None
         step = nfe.clone() if everyone else nfe.index_select(0, idx)  # (A,) own forward index of this pass
-        _step(model, rows_x, rows_attn, step, rows_unmask, prompt_len, spec, active_rows(sample_keys, idx, everyone))
+        keys = active_rows(sample_keys, idx, everyone)
+        _step(model, rows_x, rows_attn, step, rows_unmask, prompt_len, spec, keys)
         nfe.index_add_(0, idx, torch.ones_like(idx))
         if not everyone:
             x.index_copy_(0, idx, rows_x)
