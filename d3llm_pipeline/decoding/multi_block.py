@@ -144,7 +144,6 @@ def decode_multi_block(model, prompt_ids: torch.Tensor, spec: DecodeSpec,
     fully = opened.clone()
     keys = (torch.arange(batch, device=device) if sample_keys is None else sample_keys.to(device)).long()
     cache = PrefixCacheState.empty(batch, n_blocks, device) if spec.kv_cache else None
-    forwarded = torch.zeros(batch, dtype=torch.long, device=device)
 
     for _ in range(spec.forward_cap):
         idx = (x[:, prompt_len:] == mask_id).any(-1).nonzero().squeeze(-1)  # (A,) one host sync
@@ -160,10 +159,8 @@ def decode_multi_block(model, prompt_ids: torch.Tensor, spec: DecodeSpec,
         if not everyone:
             for target, source in zip((x, unmask_step, opened, fully), rows, strict=True):
                 target.index_copy_(0, idx, source)
-        if cache is None:
-            forwarded.index_add_(0, idx, torch.full_like(idx, x.shape[1]))
 
     gen = x[:, prompt_len:]
     return DecodeResult(sequences=x, nfe=nfe, unmask_step=unmask_step,
                         tokens=generated_token_counts(gen, model.eos_token_id), truncated=(gen == mask_id).any(-1),
-                        forwarded=forwarded if cache is None else cache.forwarded)
+                        forwarded=nfe * x.shape[1] if cache is None else cache.forwarded)

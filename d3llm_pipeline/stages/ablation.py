@@ -12,7 +12,7 @@ then stage.step_overrides.<step>):
    paths.student_dir, reused when finished), then one `stage=eval model=student experiment=ablation_<name>
    decode.threshold=<τ>` per τ of stage.thresholds, into <run dir>/variants/<name>/<i>;
 3. the table: ablation.md + ablation.csv (accuracy / TPF / tokens/s at stage.reference_threshold, AUP over the
-   sweep with one y_max for all variants, ΔTPF / ΔAUP vs `full`) and the curves (aup_points.csv, aup.json,
+   sweep with one y_max for all variants, ΔTPF / Δtokens/s / ΔAUP vs `full`) and the curves (aup_points.csv, aup.json,
    aup_curve.png; one curve per variant, its `model` column holding the variant name).
 An experiment on the command line stays underneath each variant's: experiment=smoke runs `experiment=[smoke,
 ablation_<name>]`, so the variant's deltas apply on top of the smoke setup.
