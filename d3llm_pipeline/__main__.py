@@ -4,6 +4,9 @@ Examples:
     python -m d3llm_pipeline stage=teacher
     python -m d3llm_pipeline stage=eval decode=vanilla
     python -m d3llm_pipeline -m stage=eval decode=threshold decode.threshold=0.1,0.3,0.6,1.0,1.5
+
+Before Hydra runs anything, `preflight` composes and validates every job of the command line (each sweep point
+too): a mistake ends in one `error:` line and exit code 2 (HYDRA_FULL_ERROR=1 or debug=true: a traceback).
 """
 
 from __future__ import annotations
@@ -20,22 +23,37 @@ os.environ.setdefault("WANDB_MODE", "offline")
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-import d3llm_pipeline.config  # noqa: E402,F401  (registers the ${cwd:} resolver)
-from d3llm_pipeline.stages import STAGES, run_stage  # noqa: E402
+import d3llm_pipeline.config  # noqa: E402,F401  (registers the ${cwd:} and ${per_job:} resolvers)
+from d3llm_pipeline.config.preflight import check_command_line, is_plain  # noqa: E402
+from d3llm_pipeline.config.schema import PipelineError  # noqa: E402
+from d3llm_pipeline.stages import full_error_requested, run_stage  # noqa: E402
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
-def _reject_unknown_stage(argv: list[str]) -> None:
-    """Hydra's own message for a missing group option is a multi-line dump; give one line instead."""
-    for arg in argv:
-        if arg.startswith("stage="):
-            for choice in arg.split("=", 1)[1].split(","):
-                if choice and choice not in STAGES:
-                    sys.stderr.write(
-                        f"error: unknown stage {choice!r}; choose stage= one of: {', '.join(sorted(STAGES))}\n"
-                    )
-                    sys.exit(2)
+def preflight(argv: list[str]) -> None:
+    """Validate every job of the command line before Hydra runs anything (config/preflight.py).
+
+    A bad config value, unknown key or group option, malformed override or bad sweep point ends here in one
+    `error:` line and exit code 2. With HYDRA_FULL_ERROR=1 (or debug=true) the exception propagates instead, with
+    its full traceback, and debug=true turns on Hydra's full tracebacks for the run itself.
+    """
+    if not is_plain(argv):  # --help, --cfg, -cn, --config-dir ...: Hydra's business
+        return
+    debug_requested = full_error_requested() or any(arg.lstrip("+") in ("debug=true", "debug=True") for arg in argv)
+    try:
+        debug = check_command_line(argv, CONF_DIR)
+    except PipelineError as err:
+        if debug_requested:
+            raise
+        sys.stderr.write(f"error: {' '.join(str(err).split())}\n")
+        sys.exit(2)
+    except Exception:  # a pre-flight bug must never block a run: Hydra and run_stage check again
+        if debug_requested:
+            raise
+        return
+    if debug:
+        os.environ["HYDRA_FULL_ERROR"] = "1"
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
@@ -46,5 +64,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    _reject_unknown_stage(sys.argv[1:])
+    preflight(sys.argv[1:])
     main()

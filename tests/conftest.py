@@ -3,16 +3,55 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["WANDB_MODE"] = "offline"
 os.environ.setdefault("WANDB_SILENT", "true")
 
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose_at(root: Path, *overrides: str):
+    """The composed config of `python -m d3llm_pipeline <overrides>` run with `root` as paths.root_dir."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=[f"paths.root_dir={root}", "threads=1", *overrides])
+
+
+def run_cli(root: Path, *args: str) -> subprocess.CompletedProcess:
+    """`python -m d3llm_pipeline <args>` from `root` (paths default to <root>/outputs), offline."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline"}
+    env.pop("D3LLM_ROOT", None)
+    env.pop("D3LLM_ARTIFACTS", None)
+    return subprocess.run([sys.executable, "-m", "d3llm_pipeline", *args], capture_output=True, text=True, env=env,
+                          timeout=600, cwd=root)
+
+
+@pytest.fixture(scope="session")
+def distill_workspace(tmp_path_factory) -> Path:
+    """<root>/outputs/artifacts/{teacher, trajectories/tiny-teacher}: a random 1-layer teacher and 48 of its
+    trajectories (the teacher is bad; only the mechanics of distillation matter)."""
+    from d3llm_pipeline.models.tiny import build_tiny_teacher, save_tiny_teacher
+    from d3llm_pipeline.stages import call_stage
+    from d3llm_pipeline.tasks.tokenizer import build_tokenizer
+
+    root = tmp_path_factory.mktemp("distill")
+    tok = build_tokenizer()
+    teacher = build_tiny_teacher(tok, max_positions=88, n_embd=32, n_layer=1, n_head=2, seed=0)
+    save_tiny_teacher(teacher, tok, root / "outputs" / "artifacts" / "teacher")
+    call_stage(compose_at(root, "stage=trajectory", "stage.n_prompts=48", "task.n_train=100",
+                          f"+output_dir={root / 'run_traj'}"))
+    return root
 
 
 @pytest.fixture

@@ -7,15 +7,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from d3llm_pipeline.config.schema import (
-    STAGE_SCHEMAS,
-    ArithTaskConfig,
-    ConfigError,
-    DecodeConfig,
-    ModelConfig,
-    TeacherStageConfig,
-    load_section,
-)
+from d3llm_pipeline.config.schema import ArithTaskConfig, ConfigError, DecodeConfig, ModelConfig, load_section
+from d3llm_pipeline.config.stage_schemas import STAGE_SCHEMAS, TeacherStageConfig
 from d3llm_pipeline.stages import STAGES
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -137,9 +130,44 @@ def test_every_distill_recipe_validates(recipe):
     assert distill.curriculum.r_min <= distill.curriculum.r_max
 
 
+# Real-model presets: (family, Hub id spelled as in docs/users.md "Ecosystem conventions"). Every other
+# conf/model file is the tiny teacher or its student.
+REAL_PRESETS = {
+    "llada_8b_instruct": ("llada", "GSAI-ML/LLaDA-8B-Instruct"),
+    "dream_7b_instruct": ("dream", "Dream-org/Dream-v0-Instruct-7B"),
+    "d3llm_llada": ("llada", "d3LLM/d3LLM_LLaDA"),
+    "d3llm_dream": ("dream", "d3LLM/d3LLM_Dream"),
+    "dparallel_llada": ("llada", "Zigeng/dParallel-LLaDA-8B-instruct"),
+}
+
+
 @pytest.mark.parametrize("model", sorted(p.stem for p in (CONF / "model").glob("*.yaml")))
 def test_every_model_config_validates(model):
-    assert load_section(compose_cfg(f"model={model}").model, ModelConfig, "model").family == "tiny"
+    section = load_section(compose_cfg(f"model={model}").model, ModelConfig, "model")
+    if model in REAL_PRESETS:
+        assert (section.family, section.path) == REAL_PRESETS[model]
+        assert section.dtype == "bfloat16" and section.backend == "native"
+    else:
+        assert section.family == "tiny"
+
+
+@pytest.mark.parametrize("preset", sorted(REAL_PRESETS))
+def test_every_real_model_preset_fails_offline_with_one_line(preset, tmp_path, monkeypatch):
+    """HF_HUB_OFFLINE=1 (conftest) and not in the HF cache: one line saying so, with both ways out."""
+    from huggingface_hub import constants
+
+    from d3llm_pipeline.config.schema import PipelineError
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))  # an empty cache, whatever this machine holds
+    from d3llm_pipeline.stages.common import load_model
+
+    model = load_section(compose_cfg(f"model={preset}").model, ModelConfig, "model")
+    with pytest.raises(PipelineError) as err:
+        load_model(model)
+    hub_id = REAL_PRESETS[preset][1]
+    assert str(err.value) == (f"model.path={hub_id} is a Hub id that is not in the local cache and the Hub is "
+                              f"offline; download it (HF_HUB_OFFLINE=0 hf download {hub_id}) or pass a "
+                              "local dir with model.path=<dir>")
 
 
 @pytest.mark.parametrize(
@@ -158,7 +186,7 @@ ABLATION_FILES = sorted(p.stem.removeprefix("ablation_") for p in (CONF / "exper
 
 
 def test_every_ablation_variant_has_an_experiment_file():
-    from d3llm_pipeline.config.schema import ABLATION_VARIANTS, AblationStageConfig
+    from d3llm_pipeline.config.stage_schemas import ABLATION_VARIANTS, AblationStageConfig
 
     assert ABLATION_FILES == sorted(ABLATION_VARIANTS)
     stage = load_section(compose_cfg("stage=ablation").stage, AblationStageConfig, "stage")
@@ -168,12 +196,8 @@ def test_every_ablation_variant_has_an_experiment_file():
 @pytest.mark.parametrize("variant", ABLATION_FILES)
 @pytest.mark.parametrize("stage", ["eval", "distill"])
 def test_ablation_experiments_compose_for_eval_and_distill(variant, stage):
-    from d3llm_pipeline.config.schema import (
-        ABLATION_VARIANTS,
-        DistillConfig,
-        DistillStageConfig,
-        EvalStageConfig,
-    )
+    from d3llm_pipeline.config.schema import DistillConfig
+    from d3llm_pipeline.config.stage_schemas import ABLATION_VARIANTS, DistillStageConfig, EvalStageConfig
 
     overrides = [f"stage={stage}", f"experiment=ablation_{variant}"] + (["model=student"] if stage == "eval" else [])
     cfg = compose_cfg(*overrides)
@@ -211,7 +235,7 @@ def test_ablation_experiments_compose_for_eval_and_distill(variant, stage):
      (["stage.thresholds=[0.5,-1]"], "stage.thresholds"), (["+stage.step_overrides.report=[]"], "stage.step_overrides")],
 )
 def test_bad_ablation_values_name_the_key(overrides, key):
-    from d3llm_pipeline.config.schema import AblationStageConfig
+    from d3llm_pipeline.config.stage_schemas import AblationStageConfig
 
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_section(compose_cfg("stage=ablation", *overrides).stage, AblationStageConfig, "stage")

@@ -7,34 +7,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import compose_at
 
 from d3llm_pipeline.config.schema import LoraConfig
 from d3llm_pipeline.models.lora import load_student_adapter, make_student
-from d3llm_pipeline.models.tiny import build_tiny_teacher, load_tiny_teacher, save_tiny_teacher
+from d3llm_pipeline.models.tiny import load_tiny_teacher
 from d3llm_pipeline.stages import call_stage
 from d3llm_pipeline.training.distill_module import DistillModule
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
-
-
-def compose_at(root: Path, *overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=[f"paths.root_dir={root}", "threads=1", *overrides])
-
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> Path:
-    """A random tiny teacher and 48 of its trajectories (the teacher is bad; only the mechanics matter)."""
-    from d3llm_pipeline.tasks.tokenizer import build_tokenizer
-
-    root = tmp_path_factory.mktemp("distill")
-    tok = build_tokenizer()
-    teacher = build_tiny_teacher(tok, max_positions=88, n_embd=32, n_layer=1, n_head=2, seed=0)
-    save_tiny_teacher(teacher, tok, root / "outputs" / "artifacts" / "teacher")
-    call_stage(compose_at(root, "stage=trajectory", "stage.n_prompts=48", "task.n_train=100",
-                          f"+output_dir={root / 'run_traj'}"))
-    return root
+def workspace(distill_workspace) -> Path:
+    return distill_workspace
 
 
 def distill_overrides(root: Path, out: str, *extra: str) -> list[str]:

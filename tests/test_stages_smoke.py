@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 SMOKE_TEACHER = [
     "stage=teacher", "experiment=smoke", "stage.max_steps=4", "stage.warmup_steps=1", "stage.batch_size=8",
@@ -18,12 +17,8 @@ SMOKE_TEACHER = [
 
 
 def cli(root: Path, *overrides: str, multirun: bool = False) -> subprocess.CompletedProcess:
-    """Run the entry point from `root` as the working directory: paths default to <cwd>/outputs."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline"}
-    env.pop("D3LLM_ROOT", None)
-    env.pop("D3LLM_ARTIFACTS", None)
-    cmd = [sys.executable, "-m", "d3llm_pipeline", *(["-m"] if multirun else []), *overrides]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=root)
+    """Run the entry point from `root` as the working directory: paths default to <root>/outputs."""
+    return run_cli(root, *(["-m"] if multirun else []), *overrides)
 
 
 @pytest.fixture(scope="module")

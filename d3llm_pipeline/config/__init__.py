@@ -2,11 +2,100 @@
 
 `${cwd:}` is the directory the command was started from. (Hydra's `${hydra:runtime.cwd}` is not available when
 the launcher resolves `hydra.sweep.dir`, so paths must not depend on it.)
+
+`${per_job:<single>,<root>}` is where a training stage writes its product: `<single>` in a normal run, and
+`<root>/<job name>` in each job of a Hydra multirun, the job name made from that job's overrides (so
+`-m stage=distill distill.lora.r=4,16 stage.epochs=1` trains `students/distill.lora.r_4@<hash>` and
+`students/distill.lora.r_16@<hash>`: the swept overrides, then a hash of the fixed ones, so one directory is
+never written twice and a rerun of the same sweep finds its students again). Names use only characters a Hydra
+override accepts unquoted (`key_value`, `+` between overrides, `-` inside lists), so
+`model.path=outputs/artifacts/students/distill.lora.r_4@1a2b3c4d/merged` works as typed. Steps of stage=pipeline / stage=ablation (which set `output_dir`) use `<single>`.
+
+`${sweep_group:<name>}` is the wandb group: `<name>` in a normal run, `<name>/<sweep dir name>` in the jobs of a
+multirun, so one sweep's jobs and its end-of-sweep report sit together on a dashboard.
 """
 
+import hashlib
 import os
+import re
 
 from omegaconf import OmegaConf
 
+# Overrides that never shape a training artifact and would only clutter its directory name.
+_UNNAMED = ("stage", "threads", "device", "logger", "hydra", "output_dir", "paths", "trainer.enable_progress_bar",
+            "trainer.log_every_n_steps")
+_MAX_NAME = 120
+
+
+def job_dirname(overrides: list[str], swept: set[str] | None = None) -> str:
+    """A directory name from a job's overrides.
+
+    With `swept` (the keys the multirun varies), the name holds those overrides and a hash of the others
+    ('distill.lora.r_4@1a2b3c4d'): short to read, and never shared by jobs of sweeps with other fixed settings.
+    Without it, every override is spelled out. 'default' when nothing names the job.
+    """
+    named, fixed = [], []
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key.split("/", 1)[0] in _UNNAMED or key in _UNNAMED or key.startswith("hydra."):
+            continue
+        value = re.sub(r"[^A-Za-z0-9._@-]", "", value.replace(",", "-").replace("/", "_").replace(" ", ""))
+        (named if swept is None or key in swept else fixed).append(f"{key.replace('/', '_')}_{value}")
+    name = "+".join(sorted(named)) or "default"
+    if fixed:
+        name += "@" + hashlib.sha256(",".join(sorted(fixed)).encode()).hexdigest()[:8]
+    if len(name) > _MAX_NAME:  # stay well under file-name limits, still unique
+        name = f"{name[:_MAX_NAME - 9]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    return name
+
+
+def swept_keys(sweep_dir: str) -> set[str] | None:
+    """The keys a multirun varies, read from the multirun.yaml Hydra writes before any job starts."""
+    try:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        sweep_cfg = OmegaConf.load(os.path.join(sweep_dir, "multirun.yaml"))
+        overrides = [str(o) for o in sweep_cfg.hydra.overrides.task]
+        params = sweep_cfg.hydra.sweeper.get("params") or {}
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:  # noqa: BLE001 - unreadable: fall back to naming jobs by every override
+        return None
+    return {o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()} | {str(k) for k in params}
+
+
+def _multirun():
+    """The running Hydra job's config if it is a job of a multirun, else None."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hydra_cfg = HydraConfig.get()
+    except (ImportError, ValueError):  # no Hydra app running (compose in tests, the pre-flight check)
+        return None
+    return hydra_cfg if hydra_cfg.mode == RunMode.MULTIRUN else None
+
+
+def sweep_group(name: str, sweep_dir: str) -> str:
+    return f"{name}/{os.path.basename(os.path.normpath(sweep_dir))}"
+
+
+def _sweep_group(name: str) -> str:
+    hydra_cfg = _multirun()
+    return name if hydra_cfg is None else sweep_group(name, hydra_cfg.sweep.dir)
+
+
+def _per_job(single: str, root: str, *, _root_) -> str:
+    if _root_.get("output_dir"):  # a step run inside stage=pipeline / ablation, or a test
+        return single
+    hydra_cfg = _multirun()
+    if hydra_cfg is None:
+        return single
+    return f"{root}/{job_dirname(list(hydra_cfg.overrides.task), swept_keys(hydra_cfg.sweep.dir))}"
+
+
 if not OmegaConf.has_resolver("cwd"):
     OmegaConf.register_new_resolver("cwd", os.getcwd)
+if not OmegaConf.has_resolver("per_job"):
+    OmegaConf.register_new_resolver("per_job", _per_job)
+if not OmegaConf.has_resolver("sweep_group"):
+    OmegaConf.register_new_resolver("sweep_group", _sweep_group)

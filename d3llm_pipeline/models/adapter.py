@@ -64,6 +64,7 @@ class HFDiffusionAdapter(torch.nn.Module):
         eos_token_id: int,
         pad_token_id: int,
         shift_logits: bool = False,
+        eot_token_id: int | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -71,9 +72,13 @@ class HFDiffusionAdapter(torch.nn.Module):
         self.eos_token_id = int(eos_token_id)
         self.pad_token_id = int(pad_token_id)
         self.shift_logits = bool(shift_logits)
+        self.eot_token_id = eot_token_id  # ends a chat turn (LLaDA <|eot_id|>, Dream <|im_end|>); None: no chat
         # transformers 5.24 renamed `past_key_values` to `cache`; remote-code models (LLaDA, Dream) keep the old name.
         params = inspect.signature(model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        # Remote-code forwards may not take logits_to_keep: then full logits are computed and sliced here.
+        self._takes_keep = "logits_to_keep" in params or any(
+            p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
     @property
     def device(self) -> torch.device:
@@ -115,7 +120,8 @@ class HFDiffusionAdapter(torch.nn.Module):
             raw_keep = keep[:, run_from:]
             if self.shift_logits:  # aligned position i is raw output i-1 (position 0 is prompt, never kept)
                 raw_keep = torch.cat([raw_keep[:, 1:], torch.zeros_like(raw_keep[:, :1])], dim=1)
-            kwargs["logits_to_keep"] = raw_keep
+            if self._takes_keep:
+                kwargs["logits_to_keep"] = raw_keep
         if return_kv or past is not None:
             from transformers import DynamicCache
 
@@ -123,6 +129,8 @@ class HFDiffusionAdapter(torch.nn.Module):
             kwargs["use_cache"] = True
         out = self.model(**kwargs)
         logits = out.logits
+        if keep is not None and logits.dim() == 3:  # the model ignored logits_to_keep: (B, L - run_from, V)
+            logits = logits[raw_keep]
         if keep is None:
             logits = align_logits(logits, self.shift_logits)[:, start - run_from :]
         kv = None

@@ -22,20 +22,30 @@ from d3llm_pipeline.models.tiny import adapter_for, load_tiny_teacher, save_tiny
 
 def make_student(teacher_path: str | Path, lora: LoraConfig) -> tuple[HFDiffusionAdapter, object]:
     """(student adapter, tokenizer): teacher weights frozen, LoRA matrices on `lora.target_modules` trainable."""
-    teacher, tokenizer = load_tiny_teacher(teacher_path)
+    from d3llm_pipeline.config.schema import ModelConfig
+    from d3llm_pipeline.models.families import family_of, get_family
+    from d3llm_pipeline.stages.checks import TEACHER_CMD
+
+    # The teacher's family from its config.json (the default family when unreadable: its checks say what is wrong);
+    # checked and loaded with errors that name the file (a corrupt teacher is one line, not a traceback).
+    family = family_of(teacher_path) or get_family(ModelConfig().family)
+    teacher, tokenizer = family.load_checked(teacher_path, "stage.teacher_path", TEACHER_CMD)
+    targets = list(lora.target_modules)
+    if targets == LoraConfig().target_modules:  # left at the schema default: the family's own preset names
+        targets = list(family.lora_targets)
     names = {name.rsplit(".", 1)[-1] for name, _ in teacher.model.named_modules()}
-    missing = sorted(set(lora.target_modules) - names)
+    missing = sorted(set(targets) - names)
     if missing:
         raise ConfigError(f"distill.lora.target_modules {missing} do not exist in {teacher_path}; "
                           f"this model has e.g. {sorted(n for n in names if n)[:12]}")
     config = PeftLoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules),
-        fan_in_fan_out=True,  # GPT-2 stores its projections as Conv1D (in, out) matrices
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
+        fan_in_fan_out=family.lora_fan_in_fan_out,  # only GPT-2's Conv1D stores (in, out) matrices
         bias="none",
     )
     peft_model = get_peft_model(teacher.model, config)
     student = HFDiffusionAdapter(peft_model, teacher.mask_token_id, teacher.eos_token_id, teacher.pad_token_id,
-                                 teacher.shift_logits)
+                                 teacher.shift_logits, teacher.eot_token_id)
     return student, tokenizer
 
 

@@ -115,9 +115,13 @@ def as_lists(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
 
 def write_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
     """ablation.csv: full-precision numbers (empty cell = unknown), written via a temp file + rename."""
+    return write_table_csv(*as_lists(rows), path)
+
+
+def write_table_csv(header: list[str], data: list[list[Any]], path: str | Path) -> Path:
+    """A csv of `data` under `header` (None -> empty cell), written via a temp file + rename."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    header, data = as_lists(rows)
     with open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)

@@ -19,19 +19,30 @@ from d3llm_pipeline.reporting.aup import aup, kept_points
 from d3llm_pipeline.runtime import atomic_write_json
 
 
+def _failure(job: Path) -> str:
+    """'<job dir> (<first line of its error.txt>)' for a job that wrote one (a failed multirun job), else the dir."""
+    try:
+        lines = [line for line in (job / "error.txt").read_text().splitlines() if line.strip()]
+    except OSError:
+        return str(job)
+    return f"{job} ({lines[0].removeprefix('error: ')})" if lines else str(job)
+
+
 def collect_runs(dirs: list[str | Path]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Eval metrics under `dirs` (searched recursively) and the job dirs that have no metrics (failed)."""
+    """Eval metrics under `dirs` (searched recursively) and the job dirs that have no metrics (failed, with the
+    reason from their error.txt when they wrote one)."""
     runs, failed = [], []
     for root in map(Path, dirs):
         if not root.exists():
             failed.append(f"{root} (missing)")
             continue
-        # A job dir is a Hydra job (.hydra/) or any dir holding a metrics.json (e.g. stage=pipeline's sweeps).
-        jobs = {p.parent for p in root.rglob(".hydra")} | {p.parent for p in root.rglob("metrics.json")}
+        # A job dir is a Hydra job (.hydra/) or any dir holding a metrics.json (e.g. stage=pipeline's sweeps) or
+        # an error.txt (a failed job).
+        jobs = {p.parent for name in (".hydra", "metrics.json", "error.txt") for p in root.rglob(name)}
         for job in sorted(jobs):
             metrics = job / "metrics.json"
             if not metrics.is_file():
-                failed.append(str(job))
+                failed.append(_failure(job))
                 continue
             data = json.loads(metrics.read_text())
             if data.get("stage") == "eval":

@@ -26,7 +26,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from d3llm_pipeline.config.schema import ABLATION_VARIANTS, AblationStageConfig, ConfigError, load_section
+from d3llm_pipeline.config.schema import ConfigError, load_section
+from d3llm_pipeline.config.stage_schemas import ABLATION_VARIANTS, AblationStageConfig
 from d3llm_pipeline.reporting.ablation_table import ablation_rows, as_lists, markdown_table, write_csv
 from d3llm_pipeline.reporting.aggregate import build_report, collect_runs, write_report
 from d3llm_pipeline.reporting.wandb_report import log_report

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -65,31 +64,38 @@ def decode_spec(decode: DecodeConfig) -> DecodeSpec:
 
 
 def load_model(model: ModelConfig, device: str | torch.device = "cpu"):
-    """(adapter, tokenizer) for the configured model, or a ConfigError that says how to create it."""
-    from d3llm_pipeline.models.tiny import load_tiny_teacher
+    """(adapter, tokenizer) for the configured model, or a PipelineError naming the file and how to create it."""
+    from d3llm_pipeline.models.families import get_family
+    from d3llm_pipeline.stages.checks import model_cmd
 
-    path = Path(model.path)
-    if not (path / "config.json").is_file():
-        raise ConfigError(
-            f"model.path={path} holds no checkpoint; create it with `python -m d3llm_pipeline stage=teacher` "
-            f"(or point model.path at an existing checkpoint dir)"
-        )
-    return load_tiny_teacher(path, dtype=model.dtype, device=device)
+    # The family checks the dir and loads it (tiny: the checks in stages/checks.py; llada / dream: model_type,
+    # safetensors headers, memory, then a native lazy load); every failure is one line naming the file.
+    return get_family(model.family).load_checked(
+        model.path, "model.path", model_cmd(model.path), dtype=model.dtype, device=device,
+        attn_implementation=model.attn_implementation, backend=model.backend)
 
 
-def check_fits(lm, task: ArithTaskConfig, decode: DecodeConfig) -> None:
-    """Learned absolute positions cannot extrapolate: prompt + generation must fit the trained length."""
-    if decode.gen_length != task.gen_length:
-        raise ConfigError(
-            f"decode.gen_length ({decode.gen_length}) must equal task.gen_length ({task.gen_length}): the task's "
-            "generation region is what the model was trained on"
-        )
-    limit = getattr(lm.model.config, "n_positions", None)
+def check_fits(limit: int | None, task: ArithTaskConfig) -> None:
+    """Learned absolute positions cannot extrapolate: prompt + generation must fit the model's `limit` positions.
+
+    (decode.gen_length == task.gen_length, a config-only rule, is checked with the rest of the config in
+    config/validate.py.)
+    """
     if limit is not None and task.prompt_length + task.gen_length > limit:
         raise ConfigError(
             f"task.prompt_length + task.gen_length = {task.prompt_length + task.gen_length} exceeds the model's "
             f"{limit} positions; lower task.gen_length or retrain the teacher"
         )
+
+
+def check_model(model: ModelConfig, task: ArithTaskConfig) -> None:
+    """model.path holds a sane checkpoint whose positions fit the task, checked before anything is loaded."""
+    from d3llm_pipeline.models.families import get_family
+    from d3llm_pipeline.stages.checks import model_cmd
+
+    family = get_family(model.family)  # tiny: stages/checks.require_checkpoint; llada / dream: their own checks
+    _, config = family.check(model.path, "model.path", model_cmd(model.path), backend=model.backend)
+    check_fits(family.max_positions(config), task)
 
 
 @dataclass
@@ -111,13 +117,16 @@ class DecodingRun:
 
 
 def prepare_decoding_run(cfg: DictConfig, stage_schema: type) -> DecodingRun:
-    """Validate the stage/task/decode/model sections, seed + threads, load the model, check it fits."""
+    """Validate the stage/task/decode/model sections, check the model fits, seed + threads, load the model."""
     stage = load_section(cfg.stage, stage_schema, "stage")
     task = load_section(cfg.task, ArithTaskConfig, "task")
     dec = load_section(cfg.decode, DecodeConfig, "decode")
     model_cfg = load_section(cfg.model, ModelConfig, "model")
+    check_model(model_cfg, task)
     threads = setup_run(cfg)
     device = resolve_device(str(cfg.get("device", "auto")))
     lm, tokenizer = load_model(model_cfg, device=device)
-    check_fits(lm, task, dec)
+    if tokenizer is None:  # real-family dirs may ship none (the official-format test fixtures do not)
+        raise ConfigError(f"model.path={model_cfg.path} holds no tokenizer, which stage={cfg.stage.name} needs to "
+                          "encode the task; add the checkpoint's tokenizer files to that dir")
     return DecodingRun(stage, task, dec, model_cfg, threads, device, lm, tokenizer)

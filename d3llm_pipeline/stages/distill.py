@@ -4,9 +4,12 @@
     python -m d3llm_pipeline stage=distill distill=dparallel       # certainty-forcing baseline
     python -m d3llm_pipeline stage=eval model=student              # evaluate the merged student
 
-Outputs under `stage.out_dir` (default outputs/artifacts/student): `adapter/` (PEFT format) and `merged/` (an HF
-checkpoint loaded exactly like the teacher). Interrupted runs resume from `<out_dir>.lightning/last.ckpt`
-with the same curriculum values and batches as an uninterrupted run.
+Outputs under `stage.out_dir` (default outputs/artifacts/student; in a multirun each job writes
+`<artifacts>/students/<its overrides>/`): `adapter/` (PEFT format) and `merged/` (an HF checkpoint loaded
+exactly like the teacher, with `artifact.json` recording what shaped it: teacher, trajectories, recipe, seed).
+A finished student is reused only when those match (else one line names the keys that differ). Interrupted runs
+resume from `<out_dir>.lightning/last.ckpt`, after the same check, with the same curriculum values and batches
+as an uninterrupted run. A multirun ends by evaluating and ranking its students (stages/student_sweep.py).
 """
 
 from __future__ import annotations
@@ -23,24 +26,36 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
-from d3llm_pipeline.config.schema import (
-    ArithTaskConfig,
-    DecodeConfig,
-    DistillConfig,
-    DistillStageConfig,
-    load_section,
-)
+from d3llm_pipeline import artifacts
+from d3llm_pipeline.config.schema import ArithTaskConfig, DecodeConfig, DistillConfig, load_section
+from d3llm_pipeline.config.stage_schemas import DistillStageConfig
 from d3llm_pipeline.models.lora import make_student, save_student
 from d3llm_pipeline.runtime import atomic_write_json, provenance
 from d3llm_pipeline.stages import output_dir_of
+from d3llm_pipeline.stages.checks import check_distill_io
 from d3llm_pipeline.stages.common import setup_run, task_splits
 from d3llm_pipeline.training.curriculum import MaskRatioCurriculum, WindowCurriculum
 from d3llm_pipeline.training.distill_data import DistillDataModule
 from d3llm_pipeline.training.distill_module import DistillModule
-from d3llm_pipeline.training.fit import SUMMARY_FILE, trainer_kwargs, validation_evaluator
+from d3llm_pipeline.training.fit import SUMMARY_FILE, trainer_identity, trainer_kwargs, validation_evaluator
 from d3llm_pipeline.training.loggers import make_lightning_logger
+from d3llm_pipeline.trajectories.store import dataset_fingerprint
 
 log = logging.getLogger(__name__)
+
+# stage.* keys that shape the student (validation and checkpoint cadence do not)
+RECIPE_KEYS = ("epochs", "batch_size", "lr", "warmup_steps", "min_lr_ratio", "weight_decay", "grad_clip")
+
+
+def student_identity(cfg: DictConfig, stage: DistillStageConfig, distill: DistillConfig) -> dict[str, Any]:
+    """Every setting that shapes the student, keyed as the user types it (inputs by their own fingerprints)."""
+    return {
+        "seed": int(cfg.seed),
+        "teacher (stage.teacher_path)": artifacts.model_fingerprint(stage.teacher_path),
+        "trajectories (stage.trajectories)": dataset_fingerprint(stage.trajectories),
+        **artifacts.flatten("distill", asdict(distill)),
+        **{f"stage.{key}": getattr(stage, key) for key in RECIPE_KEYS}, **trainer_identity(cfg),
+    }
 
 
 def _world_size(cfg: DictConfig) -> int:
@@ -55,12 +70,26 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     val_decode = load_section(cfg.decode, DecodeConfig, "decode")
     threads = setup_run(cfg)
     out_dir = Path(stage.out_dir)
-    if (out_dir / "merged" / SUMMARY_FILE).is_file() and not stage.overwrite:
-        log.info("student already distilled at %s; reusing it (stage.overwrite=true retrains)", out_dir)
+    check_distill_io(stage)  # teacher, trajectories and out_dir, before anything is loaded
+    identity = student_identity(cfg, stage, distill)
+    ways_out = ("retrain it there with stage.overwrite=true, or distil into another dir with "
+                "paths.student_dir=<dir> (stage.out_dir=<dir>)")
+    if not stage.overwrite and artifacts.reusable(out_dir / "merged", "student", identity, ways_out, SUMMARY_FILE):
+        log.info("student already distilled at %s with these settings; reusing it (stage.overwrite=true retrains)",
+                 out_dir)
         return json.loads((out_dir / "merged" / SUMMARY_FILE).read_text())
+    with artifacts.artifact_lock(out_dir):
+        return _distill(cfg, stage, distill, task, val_decode, threads, out_dir, identity)
+
+
+def _distill(cfg: DictConfig, stage: DistillStageConfig, distill: DistillConfig, task: ArithTaskConfig,
+             val_decode: DecodeConfig, threads: int, out_dir: Path, identity: dict[str, Any]) -> dict[str, Any]:
     ckpt_dir = out_dir.with_name(out_dir.name + ".lightning")
     if stage.overwrite:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
+    elif stage.resume and (ckpt_dir / "last.ckpt").is_file():
+        artifacts.check_same(ckpt_dir, "unfinished distillation run", identity,
+                             "resume it with its own settings, or start over with stage.overwrite=true")
 
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     student, tokenizer = make_student(stage.teacher_path, distill.lora)
@@ -89,6 +118,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     log.info("distill %s: %d LoRA parameters, %d steps (%d epochs x %d), %d threads%s", distill.name, trainable,
              max_steps, stage.epochs, steps_per_epoch, threads, f", resuming {ckpt_path}" if ckpt_path else "")
 
+    artifacts.write_identity(ckpt_dir, "student", identity)  # what the resume checkpoints belong to
     start = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     wall = time.perf_counter() - start
@@ -98,11 +128,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "stage": "distill", "recipe": asdict(distill), "steps": max_steps, "epochs": stage.epochs,
         "steps_per_epoch": steps_per_epoch, "trajectories": len(data.tensors["targets"]), "lora_parameters": trainable,
         "wall_s": round(wall, 1), "resumed": ckpt_path is not None, "teacher": stage.teacher_path,
+        "out_dir": str(out_dir), "fingerprint": artifacts.fingerprint(identity),
         "final_metrics": {k: float(v) for k, v in trainer.callback_metrics.items()}, **provenance(threads),
     }
     if trainer.is_global_zero:
         _, merged = save_student(module.student, tokenizer, out_dir)
-        atomic_write_json(merged / SUMMARY_FILE, summary)
+        artifacts.write_identity(merged, "student", identity)
+        atomic_write_json(merged / SUMMARY_FILE, summary)  # written last: its presence means "finished"
         atomic_write_json(Path(output_dir_of(cfg)) / "metrics.json", summary)
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     log.info("distill: %d steps in %.0f s (val/accuracy %s) -> %s", max_steps, wall,

@@ -20,7 +20,8 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from d3llm_pipeline.config.schema import EvalStageConfig
+from d3llm_pipeline import artifacts
+from d3llm_pipeline.config.stage_schemas import EvalStageConfig
 from d3llm_pipeline.decoding import DecodeSpec, decode, tokens_per_forward
 from d3llm_pipeline.runtime import atomic_write_json, atomic_write_text, provenance
 from d3llm_pipeline.stages import output_dir_of
@@ -93,7 +94,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     records, summary = evaluate_problems(job.lm, job.tokenizer, problems, spec, task.prompt_length, dec.batch_size)
     metrics = {
         "stage": "eval",
-        "model": {"name": model_cfg.name, "family": model_cfg.family, "path": model_cfg.path},
+        "model": {"name": model_cfg.name, "family": model_cfg.family, "path": model_cfg.path,
+                  "fingerprint": artifacts.model_fingerprint(model_cfg.path)},
         "decoder": {"name": dec.name, **asdict(spec), "batch_size": dec.batch_size},
         "task": {"name": task.name, "split": stage.split, "seed": task.seed},
         "device": str(job.device),

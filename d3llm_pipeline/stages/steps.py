@@ -15,6 +15,8 @@ from typing import Any
 from hydra import compose
 from omegaconf import DictConfig
 
+from d3llm_pipeline.config.schema import ConfigError
+from d3llm_pipeline.config.validate import validate_config
 from d3llm_pipeline.stages import call_stage, finish_wandb
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,10 @@ def run_step(cfg: DictConfig, out_dir: Path, name: str, *overrides: str,
     sub = compose(config_name="config", overrides=[*base, *overrides, *extra, f"+output_dir={out_dir / name}"])
     chosen = [o for o in base if o.lstrip("+~").startswith("experiment=")]
     log.info("%s: %s -> %s", cfg.stage.name, " ".join([*overrides, *chosen]), out_dir / name)
+    try:  # a step's own overrides (stage.step_overrides) get the whole-config rules too, before it starts
+        validate_config(sub)
+    except ConfigError as err:
+        raise ConfigError(f"stage={cfg.stage.name}, step {name} ({' '.join(overrides)}): {err}") from None
     try:
         return call_stage(sub)
     finally:

@@ -3,9 +3,12 @@
     python -m d3llm_pipeline stage=teacher                     # ~1,500 steps on 2 CPU cores
     python -m d3llm_pipeline stage=teacher trainer=gpu trainer.devices=2
 
-The product is `model.path` (default outputs/artifacts/teacher), which stage=eval and later stages load.
-A finished teacher is reused (stage.overwrite=true retrains); an interrupted run resumes from its last
-Lightning checkpoint, kept beside the product in `<model.path>.lightning/` until training completes.
+The product is `stage.out_dir` (= `model.path`, default outputs/artifacts/teacher), which stage=eval and later
+stages load; in a multirun each job writes `<artifacts>/teachers/<its overrides>/`. The checkpoint dir records
+what shaped it (`artifact.json`: model, task, recipe, seed, trainer). A finished teacher is reused only when
+those settings match (a mismatch stops with the keys that differ; stage.overwrite=true retrains); an
+interrupted run resumes from its last Lightning checkpoint, kept beside the product in `<out_dir>.lightning/`
+until training completes, after the same check.
 """
 
 from __future__ import annotations
@@ -23,31 +26,43 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
-from d3llm_pipeline.config.schema import (
-    ArithTaskConfig,
-    DecodeConfig,
-    ModelConfig,
-    TeacherStageConfig,
-    load_section,
-)
+from d3llm_pipeline import artifacts
+from d3llm_pipeline.config.schema import ArithTaskConfig, DecodeConfig, ModelConfig, load_section
+from d3llm_pipeline.config.stage_schemas import TeacherStageConfig
 from d3llm_pipeline.models.tiny import build_tiny_teacher, save_tiny_teacher
 from d3llm_pipeline.runtime import atomic_write_json, provenance
 from d3llm_pipeline.stages import output_dir_of
+from d3llm_pipeline.stages.checks import require_writable, teacher_bytes
 from d3llm_pipeline.stages.common import setup_run
 from d3llm_pipeline.tasks.tokenizer import build_tokenizer
 from d3llm_pipeline.training.data import ArithDataModule
-from d3llm_pipeline.training.fit import SUMMARY_FILE, trainer_kwargs, validation_evaluator
+from d3llm_pipeline.training.fit import SUMMARY_FILE, trainer_identity, trainer_kwargs, validation_evaluator
 from d3llm_pipeline.training.loggers import make_lightning_logger
 from d3llm_pipeline.training.teacher_module import DiffusionSFTModule
 
 log = logging.getLogger(__name__)
 
+# stage.* keys that shape the weights (validation and checkpoint cadence do not)
+RECIPE_KEYS = ("max_steps", "batch_size", "lr", "min_lr_ratio", "warmup_steps", "weight_decay", "grad_clip")
 
-def _publish(module: DiffusionSFTModule, tokenizer, final: Path, summary: dict[str, Any]) -> None:
+
+def teacher_identity(cfg: DictConfig, stage: TeacherStageConfig, task: ArithTaskConfig,
+                     model_cfg: ModelConfig) -> dict[str, Any]:
+    """Every setting that shapes the trained teacher, keyed as the user types it."""
+    return {
+        "seed": int(cfg.seed), "model.family": model_cfg.family, "model.dtype": model_cfg.dtype,
+        **artifacts.flatten("model.arch", asdict(model_cfg.arch)), **artifacts.flatten("task", asdict(task)),
+        **{f"stage.{key}": getattr(stage, key) for key in RECIPE_KEYS}, **trainer_identity(cfg),
+    }
+
+
+def _publish(module: DiffusionSFTModule, tokenizer, final: Path, summary: dict[str, Any],
+             identity: dict[str, Any]) -> None:
     """Write the HF checkpoint into a temp dir, then swap it in, so model.path is never half-written."""
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     save_tiny_teacher(module.lm, tokenizer, tmp)
+    artifacts.write_identity(tmp, "teacher", identity)
     atomic_write_json(tmp / SUMMARY_FILE, summary)
     if final.exists():
         shutil.rmtree(final)
@@ -60,17 +75,28 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     model_cfg = load_section(cfg.model, ModelConfig, "model")
     val_decode = load_section(cfg.decode, DecodeConfig, "decode")
     threads = setup_run(cfg)
-    out_dir = Path(output_dir_of(cfg))
-    final = Path(model_cfg.path)
-
-    if (final / SUMMARY_FILE).is_file() and not stage.overwrite:
+    final = Path(stage.out_dir)
+    identity = teacher_identity(cfg, stage, task, model_cfg)
+    ways_out = "retrain it there with stage.overwrite=true, or train into another dir with model.path=<dir>"
+    if not stage.overwrite and artifacts.reusable(final, "teacher", identity, ways_out, SUMMARY_FILE):
         summary = json.loads((final / SUMMARY_FILE).read_text())
-        log.info("teacher already trained at %s (%s steps); reusing it (stage.overwrite=true retrains)",
-                 final, summary.get("steps"))
+        log.info("teacher already trained at %s with these settings (%s steps); reusing it (stage.overwrite=true "
+                 "retrains)", final, summary.get("steps"))
         return summary
+    require_writable(final, "stage.out_dir", need_bytes=teacher_bytes(model_cfg.arch, task))
+    with artifacts.artifact_lock(final):
+        return _train(cfg, stage, task, model_cfg, val_decode, threads, final, identity)
+
+
+def _train(cfg: DictConfig, stage: TeacherStageConfig, task: ArithTaskConfig, model_cfg: ModelConfig,
+           val_decode: DecodeConfig, threads: int, final: Path, identity: dict[str, Any]) -> dict[str, Any]:
+    out_dir = Path(output_dir_of(cfg))
     ckpt_dir = final.with_name(final.name + ".lightning")
     if stage.overwrite:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
+    elif stage.resume and (ckpt_dir / "last.ckpt").is_file():
+        artifacts.check_same(ckpt_dir, "unfinished teacher run", identity,
+                             "resume it with its own settings, or start over with stage.overwrite=true")
 
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     tokenizer = build_tokenizer()
@@ -97,6 +123,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     log.info("teacher: %.2f M parameters, %d steps of batch %d, %d threads", n_params / 1e6, stage.max_steps,
              stage.batch_size, threads)
 
+    artifacts.write_identity(ckpt_dir, "teacher", identity)  # what the resume checkpoints belong to
     start = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     wall = time.perf_counter() - start
@@ -113,9 +140,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "resumed": ckpt_path is not None,
         "final_metrics": metrics,
         "config": {"model": asdict(model_cfg), "task": asdict(task), "stage": asdict(stage)},
+        "fingerprint": artifacts.fingerprint(identity),
         **provenance(threads),
     }
-    _publish(module, tokenizer, final, summary)
+    _publish(module, tokenizer, final, summary, identity)
     atomic_write_json(out_dir / "metrics.json", summary)
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # the published HF checkpoint is the product now
     log.info("teacher: %d steps in %.0f s (val/accuracy %s) -> %s", stage.max_steps, wall,

@@ -24,15 +24,13 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from d3llm_pipeline.config.schema import (
-    ArithTaskConfig,
-    ModelConfig,
-    TrajectoryStageConfig,
-    load_section,
-)
+from d3llm_pipeline import artifacts
+from d3llm_pipeline.config.schema import ArithTaskConfig, ModelConfig, load_section
+from d3llm_pipeline.config.stage_schemas import TrajectoryStageConfig
 from d3llm_pipeline.decoding import DecodeSpec, decode
 from d3llm_pipeline.runtime import atomic_write_json, provenance
 from d3llm_pipeline.stages import output_dir_of
+from d3llm_pipeline.stages.checks import require_writable
 from d3llm_pipeline.stages.common import prepare_decoding_run, task_splits
 from d3llm_pipeline.tasks import arith
 from d3llm_pipeline.trajectories import store
@@ -84,16 +82,19 @@ def _run_fingerprint(model_cfg: ModelConfig, task: ArithTaskConfig, spec: Decode
         for key in ("block_add_threshold", "decoded_token_threshold", "accept_global_best"):
             decode_identity.pop(key)
     return {
-        "teacher": {"name": model_cfg.name, "weights_sha256": [store.file_sha256(p) for p in weights]},
+        "teacher": {"name": model_cfg.name, "weights_sha256": [artifacts.file_sha256(p) for p in weights]},
         "task": asdict(task), "split": stage.split, "n_prompts": stage.n_prompts,
         "decode": decode_identity, "temperatures": list(stage.temperatures),
     }
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    job = prepare_decoding_run(cfg, TrajectoryStageConfig)
+    job = prepare_decoding_run(cfg, TrajectoryStageConfig)  # checks model.path, then loads it
     stage, task, dec, model_cfg, spec = job.stage, job.task, job.decode, job.model_cfg, job.spec
     lm, tokenizer, threads = job.lm, job.tokenizer, job.threads
+    # ~4 int32 columns of prompt + generation per row, written twice (chunks + merged)
+    need = 2 * 16 * stage.n_prompts * (task.prompt_length + task.gen_length)
+    require_writable(stage.out_dir, "stage.out_dir", need_bytes=need)
 
     problems = task_splits(task)[stage.split][: stage.n_prompts]
     n = len(problems)
@@ -102,7 +103,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(stage.out_dir)
     directory = store.shard_dir(out_dir, stage.shard, stage.num_shards)
     config = _run_fingerprint(model_cfg, task, spec, stage)
-    fp = store.fingerprint(config)
+    fp = artifacts.fingerprint(config)
     if stage.overwrite:
         shutil.rmtree(directory, ignore_errors=True)
     store.write_run_info(directory, {"fingerprint": fp, "shard": stage.shard, "num_shards": stage.num_shards,
@@ -147,9 +148,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def run_merge(cfg: DictConfig) -> dict[str, Any]:
     """stage=trajectory_merge: verify every shard and concatenate them in order into `<out_dir>/merged`."""
-    from d3llm_pipeline.config.schema import TrajectoryMergeStageConfig
+    from d3llm_pipeline.config.stage_schemas import TrajectoryMergeStageConfig
 
     stage = load_section(cfg.stage, TrajectoryMergeStageConfig, "stage")
+    require_writable(stage.out_dir, "stage.out_dir")
     merged = store.merge_shards(stage.out_dir)
     summary = {"stage": "trajectory_merge", "out_dir": stage.out_dir, "rows": len(merged),
                "correct_fraction": sum(merged["is_correct"]) / max(1, len(merged))}

@@ -18,11 +18,13 @@ from typing import Any
 import datasets
 from omegaconf import DictConfig
 
-from d3llm_pipeline.config.schema import ConfigError, TrajectoryImportStageConfig, load_section
+from d3llm_pipeline.artifacts import fingerprint
+from d3llm_pipeline.config.schema import ConfigError, PipelineError, load_section
+from d3llm_pipeline.config.stage_schemas import TrajectoryImportStageConfig
 from d3llm_pipeline.runtime import atomic_write_json
 from d3llm_pipeline.stages import output_dir_of
+from d3llm_pipeline.stages.checks import first_line, require_writable
 from d3llm_pipeline.trajectories.d3llm_format import convert_d3llm_dataset
-from d3llm_pipeline.trajectories.store import fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +46,18 @@ def load_source(source: str, split: str) -> datasets.Dataset:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     stage = load_section(cfg.stage, TrajectoryImportStageConfig, "stage")
-    source = load_source(stage.source, stage.split)
-    if stage.limit is not None:
-        source = source.select(range(min(stage.limit, len(source))))
-    converted = convert_d3llm_dataset(source, mask_token_id=stage.mask_token_id)
+    require_writable(stage.out_dir, "stage.out_dir")
+    try:
+        source = load_source(stage.source, stage.split)
+        if stage.limit is not None:
+            source = source.select(range(min(stage.limit, len(source))))
+        converted = convert_d3llm_dataset(source, mask_token_id=stage.mask_token_id)
+    except PipelineError:
+        raise
+    except Exception as err:  # noqa: BLE001 - datasets / pyarrow / format errors: the source is not what we need
+        raise PipelineError(f"stage.source={stage.source} is not a readable d3LLM trajectory dataset "
+                            f"({type(err).__name__}: {first_line(err)}); point it at a save_to_disk or parquet "
+                            "copy of d3LLM/trajectory_data_*") from err
     out = Path(stage.out_dir)
     tmp = out / ".merged.tmp"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -30,9 +30,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import torch
-
 if TYPE_CHECKING:
+    import torch
     from transformers import PreTrainedTokenizerBase
 
 PAD = "[PAD]"
@@ -226,6 +225,8 @@ def encode(
     tokenizer's vocabulary (the tokenizer is whitespace/word-level, so the ids are the
     same) to avoid per-call tokenizer overhead on 50k-problem splits.
     """
+    import torch  # here, not at the top: config validation imports this module and must stay fast
+
     vocab = dict(tokenizer.get_vocab())
     pad_id, eos_id = vocab[PAD], vocab[EOS]
     prompts: list[list[int]] = []
@@ -256,7 +257,7 @@ def decode_response(ids: Sequence[int] | torch.Tensor, tokenizer: PreTrainedToke
     ``[MASK]``/``[PAD]`` are kept as their strings so that unfinished generations are
     visible (and grade as wrong). Ids outside the vocabulary raise ``ValueError``.
     """
-    if isinstance(ids, torch.Tensor):
+    if hasattr(ids, "reshape"):  # a tensor (torch is imported lazily here)
         ids = ids.reshape(-1).tolist()
     tokens = tokenizer.convert_ids_to_tokens([int(i) for i in ids])
     words: list[str] = []

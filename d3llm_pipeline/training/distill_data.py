@@ -16,7 +16,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from d3llm_pipeline.config.schema import ConfigError
+from d3llm_pipeline.config.schema import ConfigError, PipelineError
+from d3llm_pipeline.stages.checks import first_line, trajectories_fix
 from d3llm_pipeline.trajectories.store import load_trajectories
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,13 @@ log = logging.getLogger(__name__)
 
 def load_distill_tensors(trajectory_dir: str, targets: str, only_correct: bool) -> dict[str, torch.Tensor]:
     """prompt_ids (N, P), targets (N, G), unmask_step (N, G) from a trajectory dataset."""
-    ds = load_trajectories(trajectory_dir)
+    try:
+        ds = load_trajectories(trajectory_dir)
+    except PipelineError:
+        raise
+    except Exception as err:  # noqa: BLE001 - datasets / pyarrow errors here all mean unreadable files
+        raise PipelineError(f"cannot read the trajectories in stage.trajectories={trajectory_dir}: "
+                            f"{type(err).__name__}: {first_line(err)}; {trajectories_fix(trajectory_dir)}") from err
     if only_correct:
         ds = ds.filter(lambda ok: ok, input_columns="is_correct")
     if len(ds) == 0:

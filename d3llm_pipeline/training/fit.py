@@ -12,12 +12,14 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from d3llm_pipeline.config.schema import ConfigError, DecodeConfig
+from d3llm_pipeline.config.validate import TRAINER_RESERVED
 from d3llm_pipeline.stages.common import decode_spec
 from d3llm_pipeline.stages.evaluate import evaluate_problems
 
 SUMMARY_FILE = "training_summary.json"  # written beside a published checkpoint; its presence means "finished"
-# Set by the stages themselves from stage.* keys; a trainer.* value would silently fight them.
-RESERVED = {"max_steps", "max_epochs", "logger", "callbacks", "val_check_interval", "default_root_dir"}
+# Set by the stages themselves from stage.* keys; a trainer.* value would silently fight them (config/validate.py
+# rejects them before a run starts, naming the stage.* key to use instead).
+RESERVED = set(TRAINER_RESERVED)
 
 
 def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
@@ -28,6 +30,12 @@ def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"trainer.{clash[0]} is set by stage={cfg.stage.name}; use the stage.* keys "
                           "(stage.max_steps, stage.epochs, stage.val_every)")
     return kwargs
+
+
+def trainer_identity(cfg: DictConfig) -> dict[str, Any]:
+    """The trainer.* keys that change what a training run produces (world size, precision, accumulation)."""
+    keys = ("devices", "num_nodes", "precision", "accumulate_grad_batches")
+    return {f"trainer.{k}": cfg.trainer[k] for k in keys if k in cfg.trainer}
 
 
 def _evaluate(lm, tokenizer, problems, spec, prompt_length: int, batch_size: int) -> dict[str, Any]:

@@ -17,7 +17,6 @@ configuration ("foreign") or a parquet whose hash differs ("corrupt") is an erro
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -26,6 +25,7 @@ from typing import Any
 
 import datasets
 
+from d3llm_pipeline.artifacts import file_sha256
 from d3llm_pipeline.config.schema import PipelineError
 from d3llm_pipeline.runtime import atomic_write_json
 
@@ -57,18 +57,6 @@ def shard_dir(out_dir: str | Path, shard: int, num_shards: int) -> Path:
 def shard_range(n: int, shard: int, num_shards: int) -> tuple[int, int]:
     """Contiguous [start, end) of rows for `shard`, so concatenating shards in order restores the input."""
     return n * shard // num_shards, n * (shard + 1) // num_shards
-
-
-def fingerprint(config: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _paths(directory: Path, chunk: int) -> tuple[Path, Path]:
@@ -156,13 +144,25 @@ def merge_shards(out_dir: str | Path) -> datasets.Dataset:
         layout = [tuple(ids) for ids in info["layout"]]
         parts.append(read_shard(shard_dir(out_dir, info["shard"], num_shards), fp, layout))
     merged = datasets.concatenate_datasets(parts)
-    tmp = out_dir / ".merged.tmp"
+    # Per-process temp dir: parallel jobs (a distill sweep) may merge the same shards at once; the first rename
+    # wins and the others discard their identical copy.
+    tmp = out_dir / f".merged.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     merged.save_to_disk(str(tmp))
-    atomic_write_json(tmp / "merge.json", {"fingerprint": fp, "rows": len(merged), "num_shards": num_shards})
-    shutil.rmtree(out_dir / "merged", ignore_errors=True)
-    os.replace(tmp, out_dir / "merged")
-    return datasets.load_from_disk(str(out_dir / "merged"))
+    info = {"fingerprint": fp, "rows": len(merged), "num_shards": num_shards}
+    atomic_write_json(tmp / "merge.json", info)
+    final = out_dir / "merged"
+    try:
+        current = json.loads((final / "merge.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        current = None
+    if current != info:
+        shutil.rmtree(final, ignore_errors=True)  # an unfinished or stale merge
+    try:
+        os.replace(tmp, final)
+    except OSError:  # another job's merge landed first (a non-empty dir cannot be replaced)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return datasets.load_from_disk(str(final))
 
 
 def load_trajectories(out_dir: str | Path) -> datasets.Dataset:
@@ -171,3 +171,14 @@ def load_trajectories(out_dir: str | Path) -> datasets.Dataset:
     if (merged / "merge.json").is_file():
         return datasets.load_from_disk(str(merged))
     return merge_shards(out_dir)
+
+
+def dataset_fingerprint(out_dir: str | Path) -> str | None:
+    """The fingerprint of the trajectories in `out_dir` (merged or still in shards), without loading them."""
+    out_dir = Path(out_dir)
+    for info_file in [out_dir / "merged" / "merge.json", *sorted(out_dir.glob("shard-*/run.json"))]:
+        try:
+            return json.loads(info_file.read_text())["fingerprint"]
+        except (OSError, json.JSONDecodeError, KeyError):
+            continue
+    return None

@@ -1,0 +1,229 @@
+"""Typed schemas of each stage's `stage` section (one dataclass per conf/stage/*.yaml) and the registry.
+
+Validated like every section, through `config.schema.load_section`:
+
+    stage = load_section(cfg.stage, STAGE_SCHEMAS[cfg.stage.name], "stage")
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from d3llm_pipeline.config.schema import check, check_counts, check_nonneg
+
+
+@dataclass
+class TeacherStageConfig:
+    name: str = "teacher"
+    out_dir: str = "outputs/artifacts/teacher"  # where the checkpoint is written (= model.path outside multiruns)
+    max_steps: int = 4800
+    batch_size: int = 32
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    val_every: int = 500
+    val_problems: int = 200
+    checkpoint_every: int = 250
+    resume: bool = True
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        check(self.max_steps >= 1, f"stage.max_steps must be >= 1, got {self.max_steps}")
+        check(self.batch_size >= 1, f"stage.batch_size must be >= 1, got {self.batch_size}")
+        check(self.lr > 0, f"stage.lr must be > 0, got {self.lr}")
+        check(0 <= self.min_lr_ratio <= 1, f"stage.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        check(0 <= self.warmup_steps < self.max_steps,
+               f"stage.warmup_steps must be in [0, stage.max_steps={self.max_steps}), got {self.warmup_steps}")
+        check_counts(self, "stage", "val_every", "checkpoint_every", "val_problems")
+        check_nonneg(self, "stage", "weight_decay", "grad_clip")
+
+
+@dataclass
+class EvalStageConfig:
+    name: str = "eval"
+    split: str = "test"
+    limit: int | None = None  # evaluate only the first N problems (quick runs)
+
+    def __post_init__(self) -> None:
+        check(self.split in ("test", "validation", "train"),
+               f"stage.split must be test, validation or train, got {self.split!r}")
+        check(self.limit is None or self.limit >= 1, f"stage.limit must be >= 1 or null, got {self.limit}")
+
+
+@dataclass
+class TrajectoryStageConfig:
+    name: str = "trajectory"
+    split: str = "train"
+    n_prompts: int = 4000  # the first N prompts of the split
+    chunk_size: int = 256  # rows per atomically written chunk (the most a crash can cost)
+    num_shards: int = 1
+    shard: int = 0
+    temperatures: list[float] = field(default_factory=lambda: [0.0])  # one attempt per entry (retries)
+    out_dir: str = "outputs/artifacts/trajectories/tiny-teacher"
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        check(self.split in ("train", "validation", "test"),
+               f"stage.split must be train, validation or test, got {self.split!r}")
+        check(self.n_prompts >= 1, f"stage.n_prompts must be >= 1, got {self.n_prompts}")
+        check(self.chunk_size >= 1, f"stage.chunk_size must be >= 1, got {self.chunk_size}")
+        check(self.num_shards >= 1, f"stage.num_shards must be >= 1, got {self.num_shards}")
+        check(0 <= self.shard < self.num_shards,
+               f"stage.shard must be in [0, stage.num_shards={self.num_shards}), got {self.shard}")
+        check(len(self.temperatures) >= 1 and all(t >= 0 for t in self.temperatures),
+               f"stage.temperatures must be a non-empty list of values >= 0, got {self.temperatures}")
+
+
+@dataclass
+class TrajectoryMergeStageConfig:
+    name: str = "trajectory_merge"
+    out_dir: str = "outputs/artifacts/trajectories/tiny-teacher"
+
+
+@dataclass
+class TrajectoryImportStageConfig:
+    name: str = "trajectory_import"
+    source: str = ""  # a local dataset dir (save_to_disk / parquet) or a Hub id in d3LLM's format
+    split: str = "train"
+    mask_token_id: int = 126336  # LLaDA-8B's MASK; Dream's is 151666
+    limit: int | None = None
+    out_dir: str = "outputs/artifacts/trajectories/imported"
+
+    def __post_init__(self) -> None:
+        check(bool(self.source), "stage.source must name a d3LLM trajectory dataset (a local dir or a Hub id "
+               "such as d3LLM/trajectory_data_llada_32)")
+        check(self.limit is None or self.limit >= 1, f"stage.limit must be >= 1 or null, got {self.limit}")
+        check_nonneg(self, "stage", "mask_token_id")
+
+
+@dataclass
+class StudentCompareConfig:
+    """How a `-m stage=distill` sweep ends: every student evaluated over a τ sweep and ranked by AUP."""
+
+    enabled: bool = True
+    decoders: list[str] = field(default_factory=lambda: ["d3llm"])
+    thresholds: list[float] = field(default_factory=lambda: [0.05, 0.2, 0.5, 1.0, 2.2])
+    teacher: bool = True  # add the teacher's curve(s) under the same decoders
+    limit: int | None = None  # evaluate only the first N test problems
+
+    def __post_init__(self) -> None:
+        bad = sorted(set(self.decoders) - {"vanilla", "threshold", "d3llm"})
+        check(len(self.decoders) >= 1 and not bad,
+               f"stage.compare.decoders may hold vanilla, threshold, d3llm; got {self.decoders}")
+        check(len(self.thresholds) >= 1 and all(t > 0 for t in self.thresholds),
+               f"stage.compare.thresholds must be positive entropy thresholds, got {self.thresholds}")
+        check(self.limit is None or self.limit >= 1, f"stage.compare.limit must be >= 1 or null, got {self.limit}")
+
+
+@dataclass
+class DistillStageConfig:
+    name: str = "distill"
+    trajectories: str = "outputs/artifacts/trajectories/tiny-teacher"
+    teacher_path: str = "outputs/artifacts/teacher"
+    out_dir: str = "outputs/artifacts/student"
+    epochs: int = 6
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup_steps: int = 20
+    min_lr_ratio: float = 1.0  # 1.0 = constant after warm-up (d3LLM LLaDA); < 1 = cosine decay
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    val_every: int = 200
+    val_problems: int = 200
+    checkpoint_every: int = 100
+    resume: bool = True
+    overwrite: bool = False
+    compare: StudentCompareConfig = field(default_factory=StudentCompareConfig)
+
+    def __post_init__(self) -> None:
+        check_counts(self, "stage", "epochs", "batch_size", "val_every", "checkpoint_every", "val_problems")
+        check_nonneg(self, "stage", "warmup_steps", "weight_decay", "grad_clip")
+        check(self.lr > 0, f"stage.lr must be > 0, got {self.lr}")
+        check(0 <= self.min_lr_ratio <= 1, f"stage.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
+
+@dataclass
+class ReportStageConfig:
+    name: str = "report"
+    runs: list[str] = field(default_factory=list)
+    y_max: float | None = None
+
+    def __post_init__(self) -> None:
+        check(len(self.runs) >= 1, "stage.runs must list eval run or sweep dirs, e.g. "
+               "'stage.runs=[outputs/multirun/eval/<date>_<time>]'")
+        check(self.y_max is None or 0 < self.y_max <= 100, f"stage.y_max must be in (0, 100], got {self.y_max}")
+
+
+def check_steps(step_overrides: dict[str, list[str]], thresholds: list[float]) -> None:
+    """The shared keys of stage=pipeline and stage=ablation: per-step overrides and the τ sweep."""
+    bad_steps = sorted(set(step_overrides) - {"teacher", "trajectory", "distill", "eval"})
+    check(not bad_steps, f"stage.step_overrides keys must be teacher, trajectory, distill or eval; got {bad_steps}")
+    check(len(thresholds) >= 1 and all(t > 0 for t in thresholds),
+           f"stage.thresholds must be positive entropy thresholds, got {thresholds}")
+
+
+@dataclass
+class PipelineStageConfig:
+    name: str = "pipeline"
+    thresholds: list[float] = field(default_factory=lambda: [0.05, 0.2, 0.3, 0.5, 0.6, 1.0, 1.5, 2.2])
+    teacher_decoders: list[str] = field(default_factory=lambda: ["vanilla", "threshold"])
+    student_decoders: list[str] = field(default_factory=lambda: ["threshold", "d3llm"])
+    # Extra overrides for one step only, e.g. teacher: ["stage.max_steps=100"] (stage.* keys differ per step).
+    step_overrides: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_steps(self.step_overrides, self.thresholds)
+        for key in ("teacher_decoders", "student_decoders"):
+            bad = sorted(set(getattr(self, key)) - {"vanilla", "threshold", "d3llm"})
+            check(not bad, f"stage.{key} may hold vanilla, threshold, d3llm; got {bad}")
+
+
+# stage=ablation's variants: name -> (kind, what changed vs the `full` row). Each is conf/experiment/
+# ablation_<name>.yaml; "distill" variants train their own student (paths.student_dir), "decode" variants reuse
+# the default student and change only how it decodes.
+ABLATION_VARIANTS: dict[str, tuple[str, str]] = {
+    "full": ("decode", "reference: d3LLM student, multi-block decoding, early stop"),
+    "random_masking": ("distill", "random masks instead of the teacher's unmask order"),
+    "no_mask_ratio_curriculum": ("distill", "mask ratio r ~ U(0, 0.8) all run long (no progressive noise)"),
+    "no_window_curriculum": ("distill", "fixed 16-token window (no window curriculum)"),
+    "dparallel": ("distill", "dParallel recipe: random masks at r = 0.5, no curricula, no /4"),
+    "single_block": ("decode", "single-block threshold decoding (decode=threshold)"),
+    "kv_cache": ("decode", "prefix KV cache, delayed caching (decode.kv_cache=true)"),
+    "no_early_stop": ("decode", "no EOS early stop (decode.early_stop=false)"),
+}
+
+
+@dataclass
+class AblationStageConfig:
+    name: str = "ablation"
+    variants: list[str] = field(default_factory=lambda: list(ABLATION_VARIANTS))
+    thresholds: list[float] = field(default_factory=lambda: [0.05, 0.2, 0.5, 1.0, 2.2])  # one τ sweep per variant
+    reference_threshold: float = 0.5  # the τ whose accuracy / TPF / tokens/s go in the table
+    step_overrides: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = [v for v in self.variants if v not in ABLATION_VARIANTS]
+        check(len(self.variants) >= 1 and not unknown, f"stage.variants must list some of "
+               f"{', '.join(ABLATION_VARIANTS)}; got {self.variants} (unknown: {unknown})")
+        check(len(set(self.variants)) == len(self.variants), f"stage.variants lists a variant twice: {self.variants}")
+        check_steps(self.step_overrides, self.thresholds)
+        check(any(math.isclose(t, self.reference_threshold) for t in self.thresholds),
+               f"stage.reference_threshold={self.reference_threshold} must be one of stage.thresholds "
+               f"{self.thresholds}; pick one of them or add it to the list")
+
+
+# stage name -> schema of its `stage` section (the dispatcher's registry lives in d3llm_pipeline.stages)
+STAGE_SCHEMAS: dict[str, type] = {
+    "teacher": TeacherStageConfig,
+    "eval": EvalStageConfig,
+    "trajectory": TrajectoryStageConfig,
+    "trajectory_merge": TrajectoryMergeStageConfig,
+    "trajectory_import": TrajectoryImportStageConfig,
+    "distill": DistillStageConfig,
+    "report": ReportStageConfig,
+    "pipeline": PipelineStageConfig,
+    "ablation": AblationStageConfig,
+}

@@ -1,0 +1,191 @@
+"""Whole-config validation: every user-facing key (type, range, cross-key rules), before a stage does any work.
+
+    validate_config(cfg)        # raises ConfigError("decode.gen_length (32) must equal task.gen_length (64); ...")
+
+Each group is loaded with its schema (config/schema.py, `load_section`: types + ranges of one section); this module
+adds the top-level run keys (seed, device, threads, debug), the trainer / logger / paths groups and the rules that
+span sections. The entry point's pre-flight (config/preflight.py) runs it on the composed config of every job of a
+command line before Hydra starts anything, and `run_stage` runs it again inside each job (for command lines the
+pre-flight leaves to Hydra, such as --config-dir). Every error is one ConfigError naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from d3llm_pipeline.config.schema import (
+    ArithTaskConfig,
+    ConfigError,
+    DecodeConfig,
+    DistillConfig,
+    ModelConfig,
+    check,
+    load_section,
+)
+from d3llm_pipeline.config.stage_schemas import STAGE_SCHEMAS
+
+# trainer.* keys the training stages pass to lightning.Trainer themselves (a trainer.* value would clash with
+# them or silently fight them), each with the key to use instead. training/fit.py rejects them too.
+TRAINER_RESERVED = {
+    "max_steps": "stage.max_steps (stage=teacher) or stage.epochs (stage=distill)",
+    "max_epochs": "stage.epochs (stage=distill)",
+    "val_check_interval": "stage.val_every",
+    "check_val_every_n_epoch": "stage.val_every",
+    "gradient_clip_val": "stage.grad_clip",
+    "logger": "logger=csv|wandb|none",
+    "callbacks": "the stage's own callbacks (nothing to set)",
+    "default_root_dir": "hydra.run.dir",
+    "num_sanity_val_steps": "nothing (validation runs every stage.val_every steps)",
+    "limit_val_batches": "stage.val_problems",
+}
+# lightning.Trainer's precision values (2.x)
+_PRECISIONS = {"64", "64-true", "32", "32-true", "16", "16-mixed", "16-true", "bf16", "bf16-mixed", "bf16-true",
+               "transformer-engine", "transformer-engine-float16"}
+_ACCELERATORS = {"auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu"}
+_BOOL_TRAINER_KEYS = ("enable_progress_bar", "enable_checkpointing", "enable_model_summary", "deterministic",
+                      "benchmark", "sync_batchnorm", "use_distributed_sampler")
+_COUNT_TRAINER_KEYS = ("num_nodes", "log_every_n_steps", "accumulate_grad_batches")
+_LOGGERS = ("csv", "wandb", "none")
+_WANDB_MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")  # what wandb.init accepts
+_SEED_MAX = 2**32 - 1  # numpy / Lightning accept seeds in [0, 2**32 - 1]
+# Config groups that every composed config holds, with their schema (None: checked below)
+SECTIONS: dict[str, type | None] = {"model": ModelConfig, "task": ArithTaskConfig, "decode": DecodeConfig,
+                                    "distill": DistillConfig, "stage": None, "trainer": None, "logger": None,
+                                    "paths": None}
+# Top-level keys that are set by code, not by users: steps of stage=pipeline (output_dir), tests.
+_INTERNAL_KEYS = ("hydra", "output_dir", "pipeline_overrides")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass
+class RunConfig:
+    """The top-level keys of conf/config.yaml (no group of their own)."""
+
+    seed: Any = 0
+    device: Any = "auto"
+    threads: Any = "auto"
+    experiment_name: Any = "default"
+    debug: Any = False
+
+    def __post_init__(self) -> None:
+        check(_is_int(self.seed) and 0 <= self.seed <= _SEED_MAX,
+               f"seed must be an integer in [0, {_SEED_MAX}], got {self.seed!r}; e.g. seed=0")
+        check(isinstance(self.device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
+               f"device must be auto, cpu, cuda or cuda:N (N = a GPU index), got {self.device!r}")
+        check(self.threads == "auto" or (_is_int(self.threads) and self.threads >= 1),
+               f"threads must be 'auto' or an integer >= 1, got {self.threads!r}; e.g. threads=2")
+        check(isinstance(self.experiment_name, str) and bool(self.experiment_name),
+               f"experiment_name must be a non-empty string, got {self.experiment_name!r}")
+        check(isinstance(self.debug, bool), f"debug must be true or false, got {self.debug!r}")
+
+
+def _plain(cfg: DictConfig, key: str) -> Any:
+    """cfg[key] resolved to plain Python, or a ConfigError naming the key whose interpolation fails."""
+    try:
+        node = cfg[key]
+        return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+    except OmegaConfBaseException as err:  # e.g. ${oc.env:NAME} of an unset variable (full_key is absolute)
+        raise ConfigError(f"{getattr(err, 'full_key', None) or key}: {str(err).splitlines()[0]}") from None
+
+
+def _check_top_level(cfg: DictConfig) -> None:
+    run_keys = [f.name for f in fields(RunConfig)]
+    known = set(run_keys) | set(SECTIONS) | set(_INTERNAL_KEYS)
+    unknown = sorted(set(cfg.keys()) - known)
+    valid = ", ".join(sorted(known - set(_INTERNAL_KEYS)))
+    check(not unknown, f"unknown top-level key(s) {', '.join(unknown)}; valid: {valid} (a group's keys go under "
+           "it, e.g. decode.threshold=0.5)")
+    for key in ("seed", "device", "threads"):
+        check(key in cfg, f"{key} is missing from the config (removed with ~{key}?); set {key}=<value>")
+    for key in SECTIONS:
+        check(key in cfg and cfg[key] is not None,
+               f"the {key} group is missing (removed with ~{key}?); choose one, e.g. {key}=<option> (conf/{key}/)")
+    load_section({k: _plain(cfg, k) for k in run_keys if k in cfg}, RunConfig, "run")
+
+
+def _check_trainer(trainer: dict[str, Any]) -> None:
+    for key, instead in TRAINER_RESERVED.items():
+        check(key not in trainer, f"trainer.{key} is set by the training stages themselves; use {instead} "
+               f"instead and drop trainer.{key}")
+    accelerator = trainer.get("accelerator", "auto")
+    check(accelerator in _ACCELERATORS,
+           f"trainer.accelerator must be one of {', '.join(sorted(_ACCELERATORS))}, got {accelerator!r}")
+    devices = trainer.get("devices", "auto")
+    ok = (devices == "auto" or (_is_int(devices) and (devices >= 1 or devices == -1))
+          or (isinstance(devices, str) and re.fullmatch(r"-1|\d+(,\d+)*,?", devices) is not None)
+          or (isinstance(devices, list) and devices and all(_is_int(d) and d >= 0 for d in devices)))
+    check(ok, f"trainer.devices must be a count >= 1, -1 (all), 'auto' or a list of device indices, got {devices!r}")
+    if "precision" in trainer:
+        precision = str(trainer["precision"])
+        check(precision in _PRECISIONS,
+               f"trainer.precision must be one of {', '.join(sorted(_PRECISIONS))}, got {trainer['precision']!r}")
+    for key in _COUNT_TRAINER_KEYS:
+        if key in trainer:
+            check(_is_int(trainer[key]) and trainer[key] >= 1, f"trainer.{key} must be an integer >= 1, got "
+                   f"{trainer[key]!r}")
+    for key in _BOOL_TRAINER_KEYS:
+        if key in trainer:
+            check(isinstance(trainer[key], bool), f"trainer.{key} must be true or false, got {trainer[key]!r}")
+    known = {"accelerator", "devices", "precision", "strategy", *_COUNT_TRAINER_KEYS, *_BOOL_TRAINER_KEYS}
+    extra = sorted(set(trainer) - known)
+    if extra:  # only then pay for importing Lightning: is it a real Trainer argument?
+        import inspect
+
+        import lightning
+
+        valid = set(inspect.signature(lightning.Trainer.__init__).parameters) - {"self"}
+        bad = [key for key in extra if key not in valid]
+        check(not bad, f"trainer.{bad[0] if bad else ''} is not a lightning.Trainer argument; check the spelling "
+               "(any Trainer argument can be added with +trainer.<arg>=<value>)")
+
+
+def _check_logger(logger: dict[str, Any]) -> None:
+    check(logger.get("name") in _LOGGERS, f"logger.name must be one of {', '.join(_LOGGERS)}, got "
+           f"{logger.get('name')!r}; choose logger=csv|wandb|none")
+    if logger["name"] == "wandb":
+        check(logger.get("mode", "offline") in _WANDB_MODES, f"logger.mode must be one of {', '.join(_WANDB_MODES)}, "
+               f"got {logger.get('mode')!r} (WANDB_MODE=online sends runs to wandb)")
+        check(isinstance(logger.get("project", ""), str) and bool(logger.get("project", "x")),
+               f"logger.project must be a non-empty string, got {logger.get('project')!r}")
+        check(isinstance(logger.get("tags", []), list), f"logger.tags must be a list, got {logger.get('tags')!r}")
+
+
+def _check_paths(paths: dict[str, Any]) -> None:
+    for key, value in paths.items():
+        check(isinstance(value, str) and bool(value), f"paths.{key} must be a directory path, got {value!r}")
+
+
+def _check_cross(task: ArithTaskConfig, decode: DecodeConfig, distill: DistillConfig) -> None:
+    """Rules that span sections."""
+    check(decode.gen_length == task.gen_length,
+           f"decode.gen_length ({decode.gen_length}) must equal task.gen_length ({task.gen_length}): the task's "
+           "generation region is what the model was trained on; drop the decode.gen_length override (it follows "
+           "task.gen_length)")
+    curriculum = distill.curriculum
+    too_big = [w for w in curriculum.window_sizes if w > task.gen_length]
+    check(not too_big, f"distill.curriculum.window_sizes {curriculum.window_sizes} must be <= task.gen_length "
+           f"({task.gen_length}); {too_big} do not fit the generation region")
+    check(curriculum.fixed_window <= task.gen_length, f"distill.curriculum.fixed_window ({curriculum.fixed_window}) "
+           f"must be <= task.gen_length ({task.gen_length})")
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Raise a one-line ConfigError naming the first bad key of a composed config (and its fix)."""
+    _check_top_level(cfg)
+    loaded = {key: load_section(cfg[key], schema, key) for key, schema in SECTIONS.items() if schema is not None}
+    stage_name = _plain(cfg.stage, "name") if "name" in cfg.stage else None
+    check(stage_name in STAGE_SCHEMAS,
+           f"unknown stage {stage_name!r}; choose stage= one of: {', '.join(sorted(STAGE_SCHEMAS))}")
+    load_section(cfg.stage, STAGE_SCHEMAS[stage_name], "stage")
+    _check_trainer(_plain(cfg, "trainer"))
+    _check_logger(_plain(cfg, "logger"))
+    _check_paths(_plain(cfg, "paths"))
+    _check_cross(loaded["task"], loaded["decode"], loaded["distill"])

@@ -1,0 +1,242 @@
+"""Checks a stage runs on the artifacts it reads and the dirs it writes, before it does any work.
+
+    require_checkpoint(model.path, "model.path", TEACHER_CMD)          # config.json + weights present and sane
+    require_trajectories(stage.trajectories, "stage.trajectories")     # a readable trajectory dataset
+    require_writable(stage.out_dir, "stage.out_dir", need_bytes=...)   # creatable, writable, enough free space
+    lm, tok = load_checkpoint(model.path, "model.path", TEACHER_CMD)   # the checks, then a load whose errors
+                                                                      # (transformers, safetensors) name the file
+
+Each failure is one PipelineError line naming the key, the file and the command that makes the artifact. The
+checks only read (stat, open, parse headers): a failed check leaves nothing behind that a later run would trip
+over. No torch import here, so the entry point's pre-flight can use require_writable cheaply.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from d3llm_pipeline.config.schema import PipelineError
+
+TEACHER_CMD = "python -m d3llm_pipeline stage=teacher"
+DISTILL_CMD = "python -m d3llm_pipeline stage=distill"
+TRAJECTORY_CMD = "python -m d3llm_pipeline stage=trajectory"
+_MAX_HEADER = 100 * 2**20  # a safetensors header longer than this is garbage, not a header
+
+
+def first_line(err: BaseException | str) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def _free_bytes(directory: Path) -> int | None:
+    try:
+        return shutil.disk_usage(directory).free
+    except OSError:
+        return None
+
+
+def require_writable(directory: str | Path, key: str, need_bytes: int = 0) -> None:
+    """`directory` exists as a writable dir or can be created (nothing is created here), with room to spare.
+
+    We may run as root, for whom permission bits never deny a write, so what is checked is what stops root too:
+    a path component that is a file, a read-only file system, and free space.
+    """
+    target = Path(directory).absolute()
+    probe = target
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise PipelineError(f"cannot write to {key}={directory}: {probe} is a file, not a directory; point {key} "
+                            "at a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise PipelineError(f"cannot write to {key}={directory}: {probe} is not writable (permissions or a "
+                            f"read-only file system); point {key} at a writable directory")
+    free = _free_bytes(probe)
+    if need_bytes and free is not None and free < need_bytes:
+        raise PipelineError(f"cannot write to {key}={directory}: {free / 2**20:.0f} MiB free on its file system, "
+                            f"about {need_bytes / 2**20:.0f} MiB needed; free some space or point {key} elsewhere")
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why `path` is not a complete safetensors file (header length, JSON header, data extent), or None."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            return f"{size} bytes, shorter than a safetensors header (truncated)"
+        length = int.from_bytes(head, "little")
+        if length > min(size - 8, _MAX_HEADER):
+            return f"its header claims {length} bytes but the file has {size} (truncated or not safetensors)"
+        try:
+            header = json.loads(handle.read(length))
+            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            return "its header is not valid safetensors JSON (corrupt)"
+    if 8 + length + end > size:
+        return f"{size} bytes, but its header promises {8 + length + end} (truncated)"
+    return None
+
+
+def require_checkpoint(path: str | Path, key: str, make_cmd: str, model_types: tuple[str, ...] = ("gpt2",)) -> Path:
+    """An HF checkpoint dir this pipeline can load: config.json (valid, known model_type), weights, tokenizer."""
+    path = Path(path)
+    fix = f"recreate it with `{make_cmd}` (add stage.overwrite=true if it reuses the broken one)"
+    if not (path / "config.json").is_file():
+        raise PipelineError(f"{key}={path} holds no checkpoint; create it with `{make_cmd}` (or point {key} at an "
+                            "existing checkpoint dir)")
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise PipelineError(f"{path / 'config.json'} ({key}) is not valid JSON (truncated or corrupt: "
+                            f"{first_line(err)}); {fix}") from None
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type not in model_types:
+        raise PipelineError(f"{path / 'config.json'} ({key}) has model_type {model_type!r}, which model.family=tiny "
+                            f"cannot load (it needs {', '.join(model_types)}); point {key} at a checkpoint written "
+                            f"by `{make_cmd}`")
+    weights = path / "model.safetensors"
+    if weights.is_file():
+        problem = _safetensors_problem(weights)
+        if problem:
+            raise PipelineError(f"{weights} ({key}) is unreadable: {problem}; {fix}")
+    elif not any((path / name).is_file() for name in ("model.safetensors.index.json", "pytorch_model.bin")):
+        raise PipelineError(f"{key}={path} holds a config.json but no weights (model.safetensors); {fix}")
+    if not (path / "tokenizer.json").is_file():
+        raise PipelineError(f"{key}={path} holds no tokenizer.json; {fix}")
+    return path
+
+
+def model_cmd(path: str | Path) -> str:
+    """The command that makes the checkpoint at `path`: a student is <student_dir>/merged (conf/model/student.yaml),
+    made by stage=distill; anything else comes from stage=teacher."""
+    return DISTILL_CMD if Path(path).name == "merged" else TEACHER_CMD
+
+
+def load_checkpoint(path: str | Path, key: str, make_cmd: str, **kwargs: Any):
+    """(adapter, tokenizer) of a checked checkpoint; anything the loaders raise becomes one line naming the dir."""
+    require_checkpoint(path, key, make_cmd)
+    from d3llm_pipeline.models.tiny import load_tiny_teacher  # (transformers: only once the files look sane)
+
+    try:
+        return load_tiny_teacher(path, **kwargs)
+    except PipelineError:
+        raise
+    except Exception as err:  # noqa: BLE001 - transformers / safetensors / tokenizers errors all mean "bad files"
+        raise PipelineError(f"cannot load the checkpoint {key}={path}: {type(err).__name__}: {first_line(err)}; "
+                            f"recreate it with `{make_cmd}` (stage.overwrite=true) or point {key} at another") from err
+
+
+def trajectories_fix(directory: str | Path) -> str:
+    merged = Path(directory) / "merged"
+    return (f"delete {merged} and rerun `{TRAJECTORY_CMD}` (it re-merges the finished chunks), or relabel "
+            "everything with stage.overwrite=true")
+
+
+def _arrow_problem(merged: Path) -> str | None:
+    """Why the `datasets.save_to_disk` dir `merged` cannot be loaded (missing / truncated arrow files), or None."""
+    import pyarrow as pa
+
+    try:
+        state = json.loads((merged / "state.json").read_text())
+        json.loads((merged / "dataset_info.json").read_text())
+        files = [merged / entry["filename"] for entry in state["_data_files"]]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"its state.json / dataset_info.json is missing or corrupt ({first_line(err)})"
+    for data_file in files:
+        try:  # memory-mapped: reading the record batches costs no copy, even for a large dataset
+            with pa.memory_map(str(data_file)) as source:
+                pa.ipc.open_stream(source).read_all()
+        except (OSError, pa.ArrowException) as err:
+            return f"{data_file.name}: {first_line(err)}"
+    return None
+
+
+def require_trajectories(directory: str | Path, key: str) -> Path:
+    """A trajectory dataset (merged, or shards that stage=trajectory_merge can merge) that can be read."""
+    directory = Path(directory)
+    merged = directory / "merged"
+    if (merged / "merge.json").is_file():
+        problem = _arrow_problem(merged)
+        if problem:
+            raise PipelineError(f"the trajectory dataset {key}={merged} is corrupt ({problem}); "
+                                f"{trajectories_fix(directory)}")
+        return directory
+    if not any(directory.glob("shard-*/run.json")):
+        raise PipelineError(f"{key}={directory} holds no trajectories; create them with `{TRAJECTORY_CMD}` "
+                            "(same model= and paths.* overrides), or point it at an existing trajectory dir")
+    _check_shards(directory, key)
+    return directory
+
+
+def _check_shards(directory: Path, key: str) -> None:
+    """Unmerged shards: the checks merging will make (same run, all shards, every chunk committed and intact),
+    made here without writing, so a stage that reads them fails before it writes anything of its own."""
+    from d3llm_pipeline.trajectories import store
+
+    infos = []
+    for run_file in sorted(directory.glob("shard-*/run.json")):
+        try:
+            infos.append((run_file.parent, json.loads(run_file.read_text())))
+        except (OSError, ValueError) as err:
+            raise PipelineError(f"{run_file} ({key}) is corrupt ({first_line(err)}); relabel that shard with "
+                                f"`{TRAJECTORY_CMD}` and stage.overwrite=true") from None
+    counts = {info.get("num_shards") for _, info in infos}
+    if len({info.get("fingerprint") for _, info in infos}) != 1 or len(counts) != 1:
+        raise PipelineError(f"{key}={directory} mixes shards of different runs; remove the stale shard-* dirs")
+    missing = sorted(set(range(counts.pop() or 0)) - {info.get("shard") for _, info in infos})
+    if missing:
+        raise PipelineError(f"{key}={directory}: shards {missing} have not run; run them with the same "
+                            f"`{TRAJECTORY_CMD}` command and stage.shard=<i>")
+    for shard_dir, info in infos:
+        for chunk, ids in enumerate(info.get("layout", [])):  # chunk_status raises for a corrupt or foreign chunk
+            if store.chunk_status(shard_dir, chunk, info["fingerprint"], tuple(ids)) != "done":
+                raise PipelineError(f"{key}={directory}: {shard_dir.name} is unfinished (chunk {chunk} was never "
+                                    f"written); rerun the same `{TRAJECTORY_CMD}` command to finish it")
+
+
+def dir_bytes(path: str | Path) -> int:
+    """Total size of the files under `path` (0 if it does not exist)."""
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def teacher_bytes(arch: Any, task: Any, vocab: int = 64) -> int:
+    """Disk a tiny-teacher run needs (model.arch, task): float32 weights, plus a Lightning checkpoint holding them
+    and two Adam moments, plus a MiB for the tokenizer and JSON files."""
+    positions = task.prompt_length + task.gen_length
+    params = 12 * arch.n_layer * arch.n_embd**2 + (vocab + positions) * arch.n_embd
+    return 4 * 4 * params + 2**20
+
+
+def check_distill_io(stage: Any) -> None:
+    """stage=distill's inputs (teacher, trajectories) and output dir, before anything is loaded."""
+    from d3llm_pipeline.config.schema import ModelConfig
+    from d3llm_pipeline.models.families import family_of, get_family  # (no torch import)
+
+    # The teacher's family by its config.json, as make_student picks it (the default family's checks say what is
+    # wrong with a dir that has none or an unreadable one).
+    family = family_of(stage.teacher_path) or get_family(ModelConfig().family)
+    teacher, _ = family.check(stage.teacher_path, "stage.teacher_path", TEACHER_CMD)
+    require_trajectories(stage.trajectories, "stage.trajectories")
+    # merged student (teacher-sized) + adapter + a Lightning checkpoint with optimiser state: ~3x the teacher
+    require_writable(stage.out_dir, "stage.out_dir", need_bytes=3 * dir_bytes(teacher))
+
+
+def precheck(cfg: Any) -> None:
+    """The artifact checks of the stages whose modules are slow to import (Lightning, PEFT, datasets: seconds),
+    run by call_stage before the import, so a missing teacher is reported at once. The stages repeat them."""
+    from d3llm_pipeline.config.schema import ModelConfig, load_section
+    from d3llm_pipeline.config.stage_schemas import STAGE_SCHEMAS
+
+    name = cfg.stage.name
+    if name == "distill":
+        check_distill_io(load_section(cfg.stage, STAGE_SCHEMAS[name], "stage"))
+    elif name == "trajectory":
+        from d3llm_pipeline.models.families import get_family  # (no torch import)
+
+        model = load_section(cfg.model, ModelConfig, "model")
+        get_family(model.family).check(model.path, "model.path", model_cmd(model.path), backend=model.backend)
+        require_writable(load_section(cfg.stage, STAGE_SCHEMAS[name], "stage").out_dir, "stage.out_dir")
