@@ -26,6 +26,12 @@ class ConfigError(PipelineError, ValueError):
     """A configuration error; the message names the key and the fix."""
 
 
+def first_line(err: BaseException | str) -> str:
+    """The first non-empty line of an exception's text (library errors run to many lines), for one-line errors."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
 def check(cond: bool, message: str) -> None:
     if not cond:
         raise ConfigError(message)

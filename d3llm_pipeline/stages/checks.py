@@ -19,17 +19,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from d3llm_pipeline.config.schema import PipelineError
+from d3llm_pipeline.config.schema import PipelineError, first_line
+from d3llm_pipeline.models.families.checkpoint import safetensors_problem
 
 TEACHER_CMD = "python -m d3llm_pipeline stage=teacher"
 DISTILL_CMD = "python -m d3llm_pipeline stage=distill"
 TRAJECTORY_CMD = "python -m d3llm_pipeline stage=trajectory"
-_MAX_HEADER = 100 * 2**20  # a safetensors header longer than this is garbage, not a header
-
-
-def first_line(err: BaseException | str) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
 
 
 def _free_bytes(directory: Path) -> int | None:
@@ -61,26 +56,6 @@ def require_writable(directory: str | Path, key: str, need_bytes: int = 0) -> No
                             f"about {need_bytes / 2**20:.0f} MiB needed; free some space or point {key} elsewhere")
 
 
-def _safetensors_problem(path: Path) -> str | None:
-    """Why `path` is not a complete safetensors file (header length, JSON header, data extent), or None."""
-    size = path.stat().st_size
-    with open(path, "rb") as handle:
-        head = handle.read(8)
-        if len(head) < 8:
-            return f"{size} bytes, shorter than a safetensors header (truncated)"
-        length = int.from_bytes(head, "little")
-        if length > min(size - 8, _MAX_HEADER):
-            return f"its header claims {length} bytes but the file has {size} (truncated or not safetensors)"
-        try:
-            header = json.loads(handle.read(length))
-            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
-            return "its header is not valid safetensors JSON (corrupt)"
-    if 8 + length + end > size:
-        return f"{size} bytes, but its header promises {8 + length + end} (truncated)"
-    return None
-
-
 def require_checkpoint(path: str | Path, key: str, make_cmd: str, model_types: tuple[str, ...] = ("gpt2",)) -> Path:
     """An HF checkpoint dir this pipeline can load: config.json (valid, known model_type), weights, tokenizer."""
     path = Path(path)
@@ -100,7 +75,7 @@ def require_checkpoint(path: str | Path, key: str, make_cmd: str, model_types: t
                             f"by `{make_cmd}`")
     weights = path / "model.safetensors"
     if weights.is_file():
-        problem = _safetensors_problem(weights)
+        problem, _ = safetensors_problem(weights)
         if problem:
             raise PipelineError(f"{weights} ({key}) is unreadable: {problem}; {fix}")
     elif not any((path / name).is_file() for name in ("model.safetensors.index.json", "pytorch_model.bin")):
@@ -130,12 +105,6 @@ def load_checkpoint(path: str | Path, key: str, make_cmd: str, **kwargs: Any):
                             f"recreate it with `{make_cmd}` (stage.overwrite=true) or point {key} at another") from err
 
 
-def trajectories_fix(directory: str | Path) -> str:
-    merged = Path(directory) / "merged"
-    return (f"delete {merged} and rerun `{TRAJECTORY_CMD}` (it re-merges the finished chunks), or relabel "
-            "everything with stage.overwrite=true")
-
-
 def _arrow_problem(merged: Path) -> str | None:
     """Why the `datasets.save_to_disk` dir `merged` cannot be loaded (missing / truncated arrow files), or None."""
     import pyarrow as pa
@@ -162,6 +131,8 @@ def require_trajectories(directory: str | Path, key: str) -> Path:
     if (merged / "merge.json").is_file():
         problem = _arrow_problem(merged)
         if problem:
+            from d3llm_pipeline.trajectories.store import trajectories_fix  # (datasets: only on failure)
+
             raise PipelineError(f"the trajectory dataset {key}={merged} is corrupt ({problem}); "
                                 f"{trajectories_fix(directory)}")
         return directory

@@ -16,9 +16,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from d3llm_pipeline.config.schema import ConfigError, PipelineError
-from d3llm_pipeline.stages.checks import first_line, trajectories_fix
-from d3llm_pipeline.trajectories.store import load_trajectories
+from d3llm_pipeline.config.schema import ConfigError, PipelineError, first_line
+from d3llm_pipeline.trajectories.store import load_trajectories, trajectories_fix
 
 log = logging.getLogger(__name__)
 

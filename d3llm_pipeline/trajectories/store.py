@@ -165,6 +165,13 @@ def merge_shards(out_dir: str | Path) -> datasets.Dataset:
     return datasets.load_from_disk(str(final))
 
 
+def trajectories_fix(directory: str | Path) -> str:
+    """How to repair an unreadable trajectory dataset (the finished chunks are kept and re-merged)."""
+    merged = Path(directory) / "merged"
+    return (f"delete {merged} and rerun `python -m d3llm_pipeline stage=trajectory` (it re-merges the finished "
+            "chunks), or relabel everything with stage.overwrite=true")
+
+
 def load_trajectories(out_dir: str | Path) -> datasets.Dataset:
     """The merged trajectory dataset of `out_dir` (merging the shards first if that has not happened)."""
     merged = Path(out_dir) / "merged"

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from d3llm_pipeline.config.schema import PipelineError
+from d3llm_pipeline.config.schema import PipelineError, first_line
 from d3llm_pipeline.models.families.base import DTYPE_BYTES, Family
 
 log = logging.getLogger(__name__)
@@ -28,11 +28,6 @@ log = logging.getLogger(__name__)
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # owner/name, as on huggingface.co
 _MAX_HEADER = 100 * 2**20  # a safetensors header longer than this is garbage, not a header
 HEADROOM = 1.1  # weights + 10% for activations, the logits of a step and the allocator
-
-
-def first_line(err: BaseException | str) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
 
 
 def hub_offline() -> bool:
@@ -143,27 +138,31 @@ def weight_files(path: Path, key: str) -> list[Path]:
                         f"model.safetensors.index.json){hint}; download the checkpoint again")
 
 
-def read_header(file: Path, key: str) -> dict[str, TensorInfo]:
-    """The tensors of one safetensors file from its JSON header, checked against the file's size."""
+def safetensors_problem(file: Path) -> tuple[str | None, dict[str, TensorInfo]]:
+    """(why `file` is not a complete safetensors file or None, its tensors from the JSON header): no data is read."""
     size = file.stat().st_size
-    problem = None
     with open(file, "rb") as handle:
         head = handle.read(8)
         length = int.from_bytes(head, "little") if len(head) == 8 else -1
         if length < 0:
-            problem = f"{size} bytes, shorter than a safetensors header (truncated)"
-        elif length > min(size - 8, _MAX_HEADER):
-            problem = f"its header claims {length} bytes but the file has {size} (truncated or not safetensors)"
-        else:
-            try:
-                header = json.loads(handle.read(length))
-                infos = {name: TensorInfo(file, tuple(int(d) for d in t["shape"]), str(t["dtype"]))
-                         for name, t in header.items() if name != "__metadata__"}
-                end = max((t["data_offsets"][1] for n, t in header.items() if n != "__metadata__"), default=0)
-                if 8 + length + end > size:
-                    problem = f"{size} bytes, but its header promises {8 + length + end} (truncated)"
-            except (ValueError, KeyError, TypeError, IndexError, AttributeError):
-                problem = "its header is not valid safetensors JSON (corrupt)"
+            return f"{size} bytes, shorter than a safetensors header (truncated)", {}
+        if length > min(size - 8, _MAX_HEADER):
+            return f"its header claims {length} bytes but the file has {size} (truncated or not safetensors)", {}
+        try:
+            header = json.loads(handle.read(length))
+            infos = {name: TensorInfo(file, tuple(int(d) for d in t["shape"]), str(t["dtype"]))
+                     for name, t in header.items() if name != "__metadata__"}
+            end = max((t["data_offsets"][1] for n, t in header.items() if n != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            return "its header is not valid safetensors JSON (corrupt)", {}
+    if 8 + length + end > size:
+        return f"{size} bytes, but its header promises {8 + length + end} (truncated)", {}
+    return None, infos
+
+
+def read_header(file: Path, key: str) -> dict[str, TensorInfo]:
+    """The tensors of one safetensors file from its JSON header, checked against the file's size."""
+    problem, infos = safetensors_problem(file)
     if problem:
         raise PipelineError(f"{file} ({key}) is unreadable: {problem}; download the checkpoint again")
     return infos
