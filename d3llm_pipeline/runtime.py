@@ -1,4 +1,4 @@
-"""Run-time plumbing shared by all stages: thread choice, atomic writes, provenance (git SHA, versions).
+"""Run-time plumbing shared by all stages: thread choice, output dir, atomic writes, provenance (git SHA, versions).
 
     threads = configure_threads("auto")      # 2 on an idle 2-core machine, 1 when the other core is busy
     atomic_write_json(out_dir / "metrics.json", metrics)
@@ -64,6 +64,15 @@ def configure_threads(setting: int | str) -> int:
             raise ConfigError(f"threads must be 'auto' or a positive integer, got {setting!r}")
     torch.set_num_threads(threads)
     return threads
+
+
+def output_dir_of(cfg: Any) -> str:
+    """The Hydra job's output dir (or cfg.output_dir when a test or an enclosing stage sets it)."""
+    if cfg.get("output_dir"):
+        return str(cfg.output_dir)
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().runtime.output_dir
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

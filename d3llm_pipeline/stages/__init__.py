@@ -22,6 +22,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from d3llm_pipeline.config.schema import ConfigError, PipelineError
+from d3llm_pipeline.runtime import output_dir_of  # noqa: F401  (re-exported: stages import it from here)
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +39,6 @@ STAGES = {
     "pipeline": "d3llm_pipeline.stages.pipeline:run",
     "ablation": "d3llm_pipeline.stages.ablation:run",
 }
-
-
-def output_dir_of(cfg: DictConfig) -> str:
-    """The Hydra job's output dir (or cfg.output_dir when a test calls a stage directly)."""
-    if cfg.get("output_dir"):
-        return str(cfg.output_dir)
-    from hydra.core.hydra_config import HydraConfig
-
-    return HydraConfig.get().runtime.output_dir
 
 
 def call_stage(cfg: DictConfig) -> dict[str, Any]:

@@ -13,8 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from d3llm_pipeline.config.schema import ConfigError
-from d3llm_pipeline.runtime import git_sha
-from d3llm_pipeline.stages import output_dir_of
+from d3llm_pipeline.runtime import git_sha, output_dir_of
 
 LOGGERS = ("csv", "wandb", "none")
 
