@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/decode_overhead.py                     # random tiny backbone, vocabulary 32k
     .venv/bin/python benchmarks/decode_overhead.py --n-embd 512 --threads 2 --json out.json
     .venv/bin/python benchmarks/decode_overhead.py --teacher outputs/artifacts/teacher   # the trained teacher
+    .venv/bin/python benchmarks/decode_overhead.py --entropy-dtype float64   # the cost of decode.entropy_dtype
 
 Decodes the same prompts with every decoder (vanilla, threshold, d3llm, d3llm + KV cache) at batch 1 and 16 and
 prints one JSON line per run and a table: wall time, model calls, sample forwards, the share of wall time inside
@@ -15,6 +16,7 @@ about 75% of its decode time outside the forward at these vocabulary sizes on CP
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -91,7 +93,7 @@ def measure(lm, prompts: torch.Tensor, name: str, spec: DecodeSpec, batch: int) 
         tokens += int(result.tokens.sum())
     wall = time.perf_counter() - start
     return {"decoder": name, "batch": batch, "vocab": lm.model.config.vocab_size, "n_embd": lm.model.config.n_embd,
-            "prompts": len(prompts), "wall_s": round(wall, 3), "model_calls": timed.calls, "sample_forwards": nfe,
+            "entropy_dtype": spec.entropy_dtype, "prompts": len(prompts), "wall_s": round(wall, 3), "model_calls": timed.calls, "sample_forwards": nfe,
             "forward_s": round(timed.forward_s, 3), "forward_share": round(timed.forward_s / wall, 3),
             "outside_share": round(1 - timed.forward_s / wall, 3), "tokens_per_s": round(tokens / wall, 1),
             "threads": torch.get_num_threads(), "load_avg_1m": round(os.getloadavg()[0], 2)}
@@ -107,6 +109,8 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="1,16")
     parser.add_argument("--decoders", default=",".join(DECODERS))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--entropy-dtype", default="float32", choices=("float32", "float64"),
+                        help="decode.entropy_dtype of every decoder")
     parser.add_argument("--json", default=None, help="also write all rows to this file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -114,7 +118,8 @@ def main() -> None:
     rows = []
     for name in args.decoders.split(","):
         for batch in (int(b) for b in args.batch_sizes.split(",")):
-            rows.append(measure(lm, prompts, name, DECODERS[name], batch))
+            spec = dataclasses.replace(DECODERS[name], entropy_dtype=args.entropy_dtype)
+            rows.append(measure(lm, prompts, name, spec, batch))
             print(json.dumps(rows[-1]), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")

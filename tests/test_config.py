@@ -65,6 +65,25 @@ def test_decoders_compose_and_follow_the_task_length(decoder):
     assert dec.rule == decoder and dec.gen_length == 48
 
 
+def test_decode_spec_takes_every_shared_knob_and_the_family_rule_by_default():
+    from dataclasses import fields
+
+    from d3llm_pipeline.decoding import DecodeSpec
+    from d3llm_pipeline.stages.common import decode_spec
+
+    cfg = compose_cfg("decode=d3llm", "decode.cache_plan=reference", "decode.entropy_dtype=float64")
+    dec = load_section(cfg.decode, DecodeConfig, "decode")
+    spec = decode_spec(dec)
+    assert dec.accept_global_best is None and spec.accept_global_best is None  # null: the model family's rule
+    assert (spec.cache_plan, spec.entropy_dtype) == ("reference", "float64")
+    for f in fields(DecodeSpec):  # one definition: every knob both have is copied as it is, same default
+        if hasattr(dec, f.name):
+            assert getattr(spec, f.name) == getattr(dec, f.name), f.name
+            assert getattr(DecodeSpec(), f.name) == getattr(DecodeConfig(), f.name), f.name
+        else:
+            assert f.name in ("max_forwards", "temperature", "seed")  # set by stages, not by the decode config
+
+
 def test_default_responses_span_two_blocks():
     from statistics import median
 
@@ -86,6 +105,8 @@ def test_default_responses_span_two_blocks():
         (["decode.rule=greedy"], "decode.rule"),
         (["decode.tokens_per_step=0"], "decode.tokens_per_step"),
         (["+decode.treshold=0.3"], "decode.treshold"),
+        (["decode=d3llm", "decode.cache_plan=official"], "decode.cache_plan"),
+        (["decode.entropy_dtype=float16"], "decode.entropy_dtype"),
     ],
 )
 def test_bad_decode_values_name_the_key(overrides, key):

@@ -130,6 +130,39 @@ def test_select_threshold_always_accepts_the_best() -> None:
     assert got.tolist() == [[False, False, True, False], [False, False, False, True]]
     got = select_threshold(score, cand, 0.25, higher_better=False)
     assert got.tolist() == [[False, True, False, False], [True, True, False, False]]
+    # A score equal to the threshold passes only when inclusive (LLaDA's official H <= τ; Dream's is H < τ).
+    tie = torch.tensor([[0.1, 0.25, 0.25, 0.9]])
+    everyone = torch.ones_like(tie, dtype=torch.bool)
+    assert select_threshold(tie, everyone, 0.25, False).tolist() == [[True, False, False, False]]
+    assert select_threshold(tie, everyone, 0.25, False, inclusive=True).tolist() == [[True, True, True, False]]
+
+
+def test_predict_in_float64_agrees_with_float32_and_the_definition() -> None:
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(3, 7, 32000, generator=g) * 6.0
+    tokens, confidence, entropy = reference_predict(logits, [MASK, PAD])
+    wide, narrow = predict(logits, [MASK, PAD], dtype="float64"), predict(logits, [MASK, PAD])
+    assert wide.entropy.dtype == wide.confidence.dtype == torch.float64
+    assert torch.equal(wide.tokens, tokens) and torch.equal(wide.tokens, narrow.tokens)
+    assert torch.allclose(wide.entropy, entropy, atol=1e-9, rtol=0)  # the float32 path: within 2e-5
+    assert torch.allclose(wide.confidence, confidence, atol=1e-12, rtol=0)
+
+
+def test_accept_global_best_null_follows_the_model_family() -> None:
+    from d3llm_pipeline.models.families import DecodeDefaults, get_family
+
+    class Plain:  # a model without family defaults gets the tiny family's rule
+        pass
+
+    llada, dream = Plain(), Plain()
+    llada.decode_defaults = get_family("llada").decode_defaults
+    dream.decode_defaults = get_family("dream").decode_defaults
+    unset = DecodeSpec(rule="d3llm")
+    assert unset.accept_global_best is None
+    assert [unset.global_best(m) for m in (llada, dream, Plain())] == [True, False, False]
+    assert DecodeSpec(rule="d3llm", accept_global_best=False).global_best(llada) is False
+    assert get_family("tiny").decode_defaults == DecodeDefaults()
+    assert get_family("llada").decode_defaults.inclusive_threshold and not DecodeDefaults().inclusive_threshold
 
 
 # ------------------------------------------------------------------------------ decoding, known answers

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from d3llm_pipeline.decoding import DecodeSpec, decode
-from d3llm_pipeline.decoding.prefix_cache import plan_forward
+from d3llm_pipeline.decoding.prefix_cache import plan_forward, plan_forward_reference
 from d3llm_pipeline.models.adapter import HFDiffusionAdapter
 
 MASK, EOS, PAD, VOCAB = 1, 2, 0, 20
@@ -64,6 +64,56 @@ def test_plan_forward_by_hand():
     _, target0, full0 = plan_forward(masks, completed_at, length, it, 4, 8, delay=0, refresh=None)
     assert target0.tolist() == [4, 20, 12, 12, 12]
     assert full0.tolist() == [True, False, False, False, False]
+
+
+@pytest.mark.parametrize("scan_stops", [True, False])
+def test_plan_forward_reference_by_hand(scan_stops):
+    # The official cached decoders' plan; prompt 4, blocks of 8, 3 blocks, d = 2, R = 5. Rows:
+    # 0: it=1, prompt complete since 0 (delay 1: stabilising), no cache -> full forward, nothing kept.
+    # 1: it=2, the prompt settles -> appended: a forward from 0 keeps [0, 4).
+    # 2: it=6, block 0 complete since 5 (stabilising), block 1 complete now -> full, length stays 4. LLaDA's
+    #    scan stops at block 0 (block 1 unstamped), keeping [0, 4); Dream's stamps block 1 too and keeps
+    #    [0, 12), the start of its last stabilising block: 12 entries for a tracked length of 4.
+    # 3: it=7, Dream's state after row 2: block 0 settles -> cached forward from 4 appends 8 entries: 20 held.
+    # 4: it=10, block 1 incomplete, refresh due -> full, keeps [0, 12).
+    # 5: it=10, block 1 settles -> appending outranks the due refresh: cached from 12, length 20.
+    # 6: it=7, block 0 settles while block 1 is complete (stamped now) -> a cached forward appends block 0
+    #    (plan_forward, ours, runs a full forward here: the block right after the target is stabilising).
+    masks = torch.tensor([[8, 8, 8], [8, 8, 8], [0, 0, 8], [0, 0, 8], [0, 3, 8], [0, 0, 8], [0, 0, 8]])
+    stamps = torch.tensor([[-1, -1, -1], [-1, -1, -1], [5, -1, -1], [5, 6, -1], [2, -1, -1], [2, 8, -1],
+                           [5, -1, -1]])
+    length, phys = torch.tensor([0, 0, 4, 4, 12, 12, 4]), torch.tensor([0, 0, 4, 12, 12, 12, 4])
+    it = torch.tensor([1, 2, 6, 7, 10, 10, 7])
+    stamped, start, new_length, new_phys = plan_forward_reference(masks, stamps, length, phys, it, 4, 8, delay=2,
+                                                                  refresh=5, scan_stops=scan_stops)
+    assert stamped[2].tolist() == ([5, -1, -1] if scan_stops else [5, 6, -1])
+    assert stamped[6].tolist() == [5, 7, -1]
+    assert start.tolist() == [0, 0, 0, 4, 0, 12, 4]
+    assert new_length.tolist() == [0, 4, 4, 12, 12, 20, 12]
+    assert new_phys.tolist() == [0, 4, 4 if scan_stops else 12, 20, 12, 20, 12]
+    _, _, full = plan_forward(masks[6:], stamps[6:], length[6:], it[6:], 4, 8, delay=2, refresh=5)
+    assert full.tolist() == [True]
+
+
+def test_own_first_gives_the_first_forwarded_position_its_own_output(gpt2_lm):
+    # The official cached Dream decoder shifts a suffix's logits on their own: position `start` gets raw output
+    # `start`. Also when start and start + 1 are both kept (that raw row serves two positions).
+    lm = HFDiffusionAdapter(gpt2_lm.model, MASK, EOS, PAD, shift_logits=True)
+    ids = torch.randint(3, VOCAB, (2, 12), generator=torch.Generator().manual_seed(0))
+    start = 5
+    with torch.no_grad():
+        raw = lm.model(input_ids=ids).logits  # (2, 12, V)
+        _, kv = lm.forward_kv(ids, 0, None)
+        past = [(k[:, :, :start], v[:, :, :start]) for k, v in kv]
+        keep = torch.zeros_like(ids, dtype=torch.bool)
+        keep[0, [start, start + 1, 9]] = True
+        keep[1, [start + 1, 10]] = True
+        flat, _ = lm.forward_kv(ids, start, past, keep=keep, return_kv=False, own_first=True)
+        whole, _ = lm.forward_kv(ids, start, past, return_kv=False, own_first=True)  # (2, 7, V)
+    expected = torch.stack([raw[0, start], raw[0, start], raw[0, 8], raw[1, start], raw[1, 9]])
+    assert torch.allclose(flat, expected, atol=1e-10)
+    assert torch.allclose(whole[:, 0], raw[:, start], atol=1e-10)
+    assert torch.allclose(whole[:, 1:], raw[:, start:-1], atol=1e-10)
 
 
 # ------------------------------------------------------------------------------------- model level

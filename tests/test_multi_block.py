@@ -32,7 +32,10 @@ def test_add_and_decode_thresholds_of_one_equal_single_block_threshold(gpt2_lm, 
                                   multi(threshold=2.0, kv_cache=True, cache_delay_iter=1),
                                   multi(threshold=2.5, temperature=1.0, kv_cache=True, cache_delay_iter=1),
                                   multi(threshold=2.9, early_stop=False, kv_cache=True, cache_delay_iter=1,
-                                        refresh_interval=4)])
+                                        refresh_interval=4),
+                                  # the official plan (tests/test_official_decode.py) and float64 entropies
+                                  multi(threshold=2.5, temperature=1.0, kv_cache=True, cache_delay_iter=1,
+                                        refresh_interval=3, cache_plan="reference", entropy_dtype="float64")])
 def test_batched_equals_one_by_one(gpt2_lm, prompts, spec):
     keys = torch.arange(10, 10 + prompts.shape[0])
     batched = decode(gpt2_lm, prompts, spec, sample_keys=keys)

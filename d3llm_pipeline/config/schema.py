@@ -63,10 +63,13 @@ class DecodeConfig:
     batch_size: int = 64
     block_add_threshold: float = 0.1  # rule=d3llm: open the next block at this progress of the last one
     decoded_token_threshold: float = 0.95  # rule=d3llm: a block is fully active once its predecessor is this done
-    accept_global_best: bool = False  # rule=d3llm: LLaDA variant, always accept the global min-entropy token
+    # The decode knobs themselves are documented once, on decoding/spec.py DecodeSpec (same names and defaults).
+    accept_global_best: bool | None = None  # rule=d3llm: LLaDA rule; null = the model family's default
     kv_cache: bool = False  # rule=d3llm: prefix KV cache with delayed caching and refresh (method.md §5.3)
     cache_delay_iter: int = 2  # a completed block joins the cache this many iterations after completing
     refresh_interval: int | None = None  # every this many iterations a full forward refreshes the cache; null = never
+    cache_plan: str = "ours"  # ours | reference (the family's official cached decoder's forward plan)
+    entropy_dtype: str = "float32"  # float32 | float64 (scores as the official code computes them)
 
     def __post_init__(self) -> None:
         check(self.rule in ("vanilla", "threshold", "d3llm"),
@@ -93,6 +96,10 @@ class DecodeConfig:
         check(self.cache_delay_iter >= 0, f"decode.cache_delay_iter must be >= 0, got {self.cache_delay_iter}")
         check(self.refresh_interval is None or self.refresh_interval >= 1,
                f"decode.refresh_interval must be >= 1 or null (never), got {self.refresh_interval}")
+        check(self.cache_plan in ("ours", "reference"),
+               f"decode.cache_plan must be ours or reference, got {self.cache_plan!r}")
+        check(self.entropy_dtype in ("float32", "float64"),
+               f"decode.entropy_dtype must be float32 or float64, got {self.entropy_dtype!r}")
         if self.rule in ("threshold", "d3llm"):
             if self.score == "entropy":
                 check(

@@ -16,9 +16,12 @@ from d3llm_pipeline.decoding.selection import (
     select_tokens,
     select_vanilla,
 )
-from d3llm_pipeline.decoding.semi_ar import DecodeResult, DecodeSpec, decode
+from d3llm_pipeline.decoding.semi_ar import decode
+from d3llm_pipeline.decoding.spec import CACHE_PLANS, ENTROPY_DTYPES, DecodeResult, DecodeSpec
 
 __all__ = [
+    "CACHE_PLANS",
+    "ENTROPY_DTYPES",
     "RULES",
     "SCORES",
     "DecodeResult",

@@ -5,13 +5,16 @@ Several blocks decode at once: a new block opens when the last one reaches `bloc
 masked position of an opened block whose entropy is below τ is accepted; the first fully-active block that
 still has masks always makes progress (its lowest-entropy position is accepted if nothing there passed).
 With block_add_threshold = decoded_token_threshold = 1 this is exactly single-block threshold decoding.
+The model family supplies the official acceptance rule (`lm.decode_defaults`, used when accept_global_best is
+None): LLaDA also accepts the global minimum-entropy candidate and passes H <= τ; Dream passes H < τ only.
 
     spec = DecodeSpec(rule="d3llm", threshold=0.5, block_add_threshold=0.1, decoded_token_threshold=0.95)
     result = decode(lm, prompt_ids, spec)      # dispatches here
 
 Block state per sample: `opened` (B, N) and `fully` (B, N) bool; progress is recomputed from the masks each step.
 With `kv_cache` the prompt and settled leading blocks are served from a prefix KV cache with delayed caching and
-periodic refresh (decoding/prefix_cache.py); without it every forward runs the whole sequence.
+periodic refresh (decoding/prefix_cache.py; `cache_plan` picks our forward plan or the family's official one);
+without it every forward runs the whole sequence.
 """
 
 from __future__ import annotations
@@ -23,15 +26,22 @@ import torch.nn.functional as F
 
 from d3llm_pipeline.decoding.metrics import generated_token_counts
 from d3llm_pipeline.decoding.noise import gumbel_noise
-from d3llm_pipeline.decoding.prefix_cache import PrefixCacheState, plan_forward
-from d3llm_pipeline.decoding.selection import Prediction, predict, scatter_prediction, select_vanilla
-from d3llm_pipeline.decoding.semi_ar import (
+from d3llm_pipeline.decoding.prefix_cache import PrefixCacheState, plan_forward, plan_forward_reference
+from d3llm_pipeline.decoding.selection import (
+    Prediction,
+    passes_threshold,
+    predict,
+    scatter_prediction,
+    select_vanilla,
+)
+from d3llm_pipeline.decoding.spec import (
     DecodeResult,
     DecodeSpec,
-    _apply_early_stop,
-    _build_attention,
     active_rows,
+    apply_early_stop,
     banned_ids,
+    build_attention,
+    decode_defaults,
 )
 
 
@@ -56,10 +66,11 @@ def _update_blocks(gen_mask: torch.Tensor, gen: torch.Tensor, opened: torch.Tens
 
 
 def _accept(entropy: torch.Tensor, cand: torch.Tensor, fully: torch.Tensor, masks: torch.Tensor,
-            spec: DecodeSpec) -> torch.Tensor:
-    """Accepted positions (A, E): entropy < τ, plus forced progress in the first fully-active unfinished block."""
-    accept = cand & (entropy < spec.threshold)
-    if spec.accept_global_best:  # LLaDA variant: the global minimum-entropy candidate is always accepted
+            spec: DecodeSpec, global_best: bool, inclusive: bool) -> torch.Tensor:
+    """Accepted positions (A, E): entropy < τ (<= τ if inclusive), plus forced progress in the first
+    fully-active unfinished block."""
+    accept = cand & passes_threshold(entropy, spec.threshold, higher_better=False, inclusive=inclusive)
+    if global_best:  # LLaDA variant: the global minimum-entropy candidate is always accepted
         accept |= select_vanilla(entropy, cand, 1, higher_better=False)
     first = fully & (masks > 0)  # (A, N)
     has_first = first.any(-1)
@@ -85,7 +96,8 @@ def _predict_groups(groups, cand: torch.Tensor, step: torch.Tensor, sample_keys:
             sub_step, sub_keys = (step, sample_keys) if g is None else (step[g], sample_keys[g])
             positions = torch.arange(cand.shape[1], device=cand.device).expand(sub_cand.shape[0], -1)
             gumbel = gumbel_noise(spec.seed, sub_keys, sub_step, positions, logits.shape[-1])[sub_cand]
-        pred = predict(logits, banned_ids=banned, temperature=spec.temperature, gumbel=gumbel, consume=True)
+        pred = predict(logits, banned_ids=banned, temperature=spec.temperature, gumbel=gumbel, consume=True,
+                       dtype=spec.entropy_dtype)
         parts.append((g, scatter_prediction(pred, sub_cand)))
     if len(parts) == 1 and parts[0][0] is None:
         return parts[0][1]
@@ -94,6 +106,23 @@ def _predict_groups(groups, cand: torch.Tensor, step: torch.Tensor, sample_keys:
         for target, source in zip(fields, astuple(pred), strict=True):
             target.index_copy_(0, g, source)
     return Prediction(*fields)
+
+
+def _cached_forward(model, x, attn, keep, masks, step, prompt_len, spec: DecodeSpec, cache: PrefixCacheState,
+                    rows: torch.Tensor):
+    """Plan this forward per row (decode.cache_plan) and run it through the cache; returns the logit groups."""
+    it = step + 1  # the rows' own 1-based forward index
+    past_stamps, length = cache.completed_at.index_select(0, rows), cache.length.index_select(0, rows)
+    if spec.cache_plan == "reference":
+        completed_at, *plan = plan_forward_reference(
+            masks, past_stamps, length, cache.phys.index_select(0, rows), it, prompt_len, spec.block_size,
+            spec.cache_delay_iter, spec.refresh_interval, decode_defaults(model).cache_scan_stops_at_stabilising)
+    else:
+        completed_at, target, full = plan_forward(masks, past_stamps, length, it, prompt_len, spec.block_size,
+                                                  spec.cache_delay_iter, spec.refresh_interval)
+        plan = PrefixCacheState.ours(target, full, length)
+    cache.completed_at.index_copy_(0, rows, completed_at)
+    return cache.forward(model, x, attn, keep, rows, *plan, own_first=spec.cache_plan == "reference")
 
 
 def _multi_block_step(model, x, attn, step, unmask, opened, fully, prompt_len, spec, sample_keys,
@@ -113,17 +142,14 @@ def _multi_block_step(model, x, attn, step, unmask, opened, fully, prompt_len, s
     if cache is None:
         groups = [(None, model.logits(x, attn, keep=keep))]  # (n, V), whole sequence forwarded
     else:
-        completed_at, target, full = plan_forward(masks, cache.completed_at.index_select(0, rows),
-                                                  cache.length.index_select(0, rows), step + 1, prompt_len,
-                                                  spec.block_size, spec.cache_delay_iter, spec.refresh_interval)
-        cache.completed_at.index_copy_(0, rows, completed_at)
-        groups = cache.forward(model, x, attn, keep, rows, target, full)
+        groups = _cached_forward(model, x, attn, keep, masks, step, prompt_len, spec, cache, rows)
     pred = _predict_groups(groups, cand, step, sample_keys, spec, banned_ids(model))  # fields (A, E)
-    accept = _accept(pred.entropy, cand, fully, masks, spec)
+    traits = decode_defaults(model)
+    accept = _accept(pred.entropy, cand, fully, masks, spec, spec.global_best(model), traits.inclusive_threshold)
     gen[:, :end] = torch.where(accept, pred.tokens.to(gen.dtype), gen[:, :end])
     unmask[:, :end] = torch.where(accept, step[:, None], unmask[:, :end])
     if spec.early_stop:
-        _apply_early_stop(gen, unmask, step, mask_id, eos_id)
+        apply_early_stop(gen, unmask, step, mask_id, eos_id)
 
 
 @torch.no_grad()
@@ -136,7 +162,7 @@ def decode_multi_block(model, prompt_ids: torch.Tensor, spec: DecodeSpec,
     n_blocks = spec.gen_length // spec.block_size
     x = torch.cat([prompt_ids, torch.full((batch, spec.gen_length), mask_id, dtype=prompt_ids.dtype,
                                           device=device)], dim=1)  # (B, P+G)
-    attn = _build_attention(prompt_attention_mask, spec.gen_length)
+    attn = build_attention(prompt_attention_mask, spec.gen_length)
     nfe = torch.zeros(batch, dtype=torch.long, device=device)
     unmask_step = torch.full((batch, spec.gen_length), -1, dtype=torch.long, device=device)
     opened = torch.zeros(batch, n_blocks, dtype=torch.bool, device=device)

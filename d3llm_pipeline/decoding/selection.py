@@ -33,8 +33,8 @@ class Prediction:
     """The model's guess at every candidate position; all fields are (B, K)."""
 
     tokens: torch.Tensor  # (B, K) long, argmax over the allowed vocabulary
-    confidence: torch.Tensor  # (B, K) float32, probability of `tokens`
-    entropy: torch.Tensor  # (B, K) float32, Shannon entropy (nats) of the softmax
+    confidence: torch.Tensor  # (B, K) float32 (float64 if asked), probability of `tokens`
+    entropy: torch.Tensor  # (B, K) float32 (float64 if asked), Shannon entropy (nats) of the softmax
 
     def score(self, name: str) -> torch.Tensor:
         """The named score, (B, K)."""
@@ -64,25 +64,28 @@ def predict(
     temperature: float = 0.0,
     gumbel: torch.Tensor | None = None,
     consume: bool = False,
+    dtype: str = "float32",
 ) -> Prediction:
     """Predicted token, confidence and entropy from logits (..., V); sampled at `temperature` > 0.
 
     Banned ids (MASK, PAD) are excluded: never predicted, no probability mass. The arithmetic runs in float32
-    (enough to rank scores; bf16/fp16 outputs would make entropies and ties noisy). `consume=True` lets the
-    function work in place on float32 logits the caller no longer needs (the decoders' own fresh tensors),
-    saving a copy of the block.
+    (enough to rank scores; bf16/fp16 outputs would make entropies and ties noisy), or in float64 with
+    dtype="float64" (decode.entropy_dtype): the official d3LLM code computes entropies in float64, and two
+    candidates closer than float32 resolves (~1e-7 nats) are then ranked as it ranks them. `consume=True` lets
+    the function work in place on logits of that dtype the caller no longer needs (the decoders' own fresh
+    tensors), saving a copy of the block.
     """
     if temperature > 0 and gumbel is None:
         raise ValueError("temperature > 0 needs Gumbel noise (see decoding.noise.gumbel_noise)")
     lead, vocab = logits.shape[:-1], logits.shape[-1]
-    z = logits.float()
+    z = logits.to(torch.float64 if dtype == "float64" else torch.float32)
     if z is logits and not consume:
         z = z.clone()
     z = z.reshape(-1, vocab)  # (n, V)
     noise = gumbel.reshape(-1, vocab) if gumbel is not None and temperature > 0 else None
     banned = torch.tensor(sorted({int(i) for i in banned_ids}), dtype=torch.long, device=z.device)
     n = z.shape[0]
-    step = max(1, _CPU_CHUNK_BYTES // (4 * vocab)) if z.device.type == "cpu" else max(n, 1)
+    step = max(1, _CPU_CHUNK_BYTES // (z.element_size() * vocab)) if z.device.type == "cpu" else max(n, 1)
     parts = [_predict_rows(z[lo : lo + step], banned, temperature, None if noise is None else noise[lo : lo + step])
              for lo in range(0, n, step)]
     tokens, confidence, entropy = (torch.cat(t).reshape(lead) for t in zip(*parts, strict=True)) if parts else (
@@ -93,7 +96,7 @@ def predict(
 def _predict_rows(
     z: torch.Tensor, banned: torch.Tensor, temperature: float, gumbel: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(tokens, confidence, entropy), each (c,), from float32 logits z (c, V) that may be overwritten.
+    """(tokens, confidence, entropy), each (c,), from float32 / float64 logits z (c, V) that may be overwritten.
 
     Entropy without materialising log p: with m = max z and p = softmax(z - m), the argmax has
     p* = exp(-lse(z - m)), so H = -sum p log p = -log p* - sum p (z - m). Passes over V: one max, one shift,
@@ -111,7 +114,7 @@ def _predict_rows(
         # Gumbel-max: argmax(logits / T + g) is a draw from softmax(logits / T); z is logits shifted by a
         # per-row constant, which changes neither. Banned ids get -inf again. The confidence stays the
         # unperturbed probability of the drawn token (as in LLaDA's low-confidence remasking).
-        scores = z / temperature + gumbel
+        scores = z / temperature + gumbel.to(z.dtype)
         if banned.numel():
             scores.index_fill_(-1, banned, float("-inf"))
         tokens = scores.argmax(dim=-1)
@@ -175,15 +178,24 @@ def select_vanilla(
     return accept
 
 
+def passes_threshold(score: torch.Tensor, threshold: float, higher_better: bool, inclusive: bool = False
+                     ) -> torch.Tensor:
+    """Whether each score is better than `threshold` (B, K); `inclusive` also passes a score equal to it."""
+    if higher_better:
+        return score >= threshold if inclusive else score > threshold
+    return score <= threshold if inclusive else score < threshold
+
+
 def select_threshold(
-    score: torch.Tensor, candidates: torch.Tensor, threshold: float, higher_better: bool
+    score: torch.Tensor, candidates: torch.Tensor, threshold: float, higher_better: bool, inclusive: bool = False
 ) -> torch.Tensor:
-    """Accept candidates strictly better than `threshold`, plus the single best one; bool mask (B, K).
+    """Accept candidates better than `threshold` (or equal to it, `inclusive`), plus the single best one (B, K).
 
     Forcing the best candidate in guarantees that every row with a candidate reveals at least one token per
-    forward pass, so decoding cannot stall when nothing clears the threshold.
+    forward pass, so decoding cannot stall when nothing clears the threshold. LLaDA's official decoder passes
+    H <= τ (inclusive), Dream's H < τ (the family's `decode_defaults.inclusive_threshold`).
     """
-    passes = score > threshold if higher_better else score < threshold  # (B, K)
+    passes = passes_threshold(score, threshold, higher_better, inclusive)  # (B, K)
     best = select_vanilla(score, candidates, 1, higher_better)  # (B, K)
     return (passes & candidates) | best
 
@@ -195,6 +207,7 @@ def select_tokens(
     score: str,
     threshold: float = 0.4,
     tokens_per_step: int = 1,
+    inclusive: bool = False,
 ) -> torch.Tensor:
     """Apply the named rule to a `Prediction` over candidates (B, K); returns the accept mask (B, K)."""
     values = pred.score(score)  # (B, K)
@@ -202,5 +215,5 @@ def select_tokens(
     if rule == "vanilla":
         return select_vanilla(values, candidates, tokens_per_step, hib)
     if rule == "threshold":
-        return select_threshold(values, candidates, threshold, hib)
+        return select_threshold(values, candidates, threshold, hib, inclusive)
     raise ValueError(f"unknown rule {rule!r}; expected one of {RULES}")

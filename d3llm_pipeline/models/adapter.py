@@ -24,6 +24,8 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from d3llm_pipeline.models.families.base import DecodeDefaults
+
 # Per layer (keys, values), each (B, H, T, D): T positions of one contiguous span.
 KV = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -65,6 +67,7 @@ class HFDiffusionAdapter(torch.nn.Module):
         pad_token_id: int,
         shift_logits: bool = False,
         eot_token_id: int | None = None,
+        decode_defaults: DecodeDefaults | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -73,6 +76,8 @@ class HFDiffusionAdapter(torch.nn.Module):
         self.pad_token_id = int(pad_token_id)
         self.shift_logits = bool(shift_logits)
         self.eot_token_id = eot_token_id  # ends a chat turn (LLaDA <|eot_id|>, Dream <|im_end|>); None: no chat
+        # the family's decoding behaviour (acceptance rule, official cache plan); the tiny family's by default
+        self.decode_defaults = decode_defaults or DecodeDefaults()
         # transformers 5.24 renamed `past_key_values` to `cache`; remote-code models (LLaDA, Dream) keep the old name.
         params = inspect.signature(model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
@@ -101,25 +106,40 @@ class HFDiffusionAdapter(torch.nn.Module):
         attention_mask: torch.Tensor | None = None,
         keep: torch.Tensor | None = None,
         return_kv: bool = True,
+        own_first: bool = False,
     ) -> tuple[torch.Tensor, KV | None]:
         """Forward positions [start, L) of input_ids (B, L) on top of `past`, the K/V of positions [0, start).
 
         Returns the aligned logits of the `keep` (B, L) positions, flattened to (n, V) in row-major order (all
         of [start, L) as (B, L - start, V) when keep is None; keep must be False before `start`), and the
         per-layer K/V of positions [start, L). attention_mask, if given, covers all L positions.
+
+        Two departures exist only to reproduce the official cached decoders (decode.cache_plan=reference):
+        `past` may hold more entries than `start` (Dream's reference keeps a rebuilt cache longer than its
+        tracked length; the suffix then still gets RoPE positions from `start`), and `own_first` makes a shifted
+        model's first forwarded position take its own output, as the official code's shift of the suffix's
+        logits does, instead of re-running position start-1.
         """
         assert (start == 0) == (past is None), "past must hold exactly the positions before start"
         run_from = start
-        if self.shift_logits and start > 0:
+        if self.shift_logits and start > 0 and not own_first:
             # The prediction for token `start` is the output at start-1, which the cache does not hold:
             # re-run that one (final, cached) position on top of the cache shortened by one.
             run_from = start - 1
             past = [(k[:, :, :run_from], v[:, :, :run_from]) for k, v in past]
         kwargs = {"input_ids": input_ids[:, run_from:], "attention_mask": attention_mask}
+        past_len = past[0][0].shape[2] if past else 0
+        if past_len != run_from:  # a cache with extra entries: RoPE positions still count from run_from
+            positions = torch.arange(run_from, input_ids.shape[1], device=input_ids.device)
+            kwargs["position_ids"] = positions[None].expand(input_ids.shape[0], -1)
+        twice = None  # own_first: rows whose raw output `start` serves aligned positions start and start+1
         if keep is not None:
             raw_keep = keep[:, run_from:]
             if self.shift_logits:  # aligned position i is raw output i-1 (position 0 is prompt, never kept)
                 raw_keep = torch.cat([raw_keep[:, 1:], torch.zeros_like(raw_keep[:, :1])], dim=1)
+                if own_first and start > 0:
+                    twice = keep[:, start] & raw_keep[:, 0]  # (B,)
+                    raw_keep[:, 0] |= keep[:, start]
             if self._takes_keep:
                 kwargs["logits_to_keep"] = raw_keep
         if return_kv or past is not None:
@@ -131,10 +151,15 @@ class HFDiffusionAdapter(torch.nn.Module):
         logits = out.logits
         if keep is not None and logits.dim() == 3:  # the model ignored logits_to_keep: (B, L - run_from, V)
             logits = logits[raw_keep]
+        if twice is not None and bool(twice.any()):  # (one host sync, reference plan only) duplicate those rows
+            repeats = torch.ones_like(raw_keep, dtype=torch.long)
+            repeats[:, 0] += twice.long()
+            logits = logits.repeat_interleave(repeats[raw_keep], dim=0)
         if keep is None:
             logits = align_logits(logits, self.shift_logits)[:, start - run_from :]
         kv = None
         if return_kv:
             cache = getattr(out, "cache", None) or out.past_key_values
-            kv = [(layer.keys[:, :, start:], layer.values[:, :, start:]) for layer in cache.layers]
+            new_from = past_len + start - run_from  # the cache holds past, then [run_from, L)
+            kv = [(layer.keys[:, :, new_from:], layer.values[:, :, new_from:]) for layer in cache.layers]
         return logits, kv

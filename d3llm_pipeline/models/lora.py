@@ -45,7 +45,7 @@ def make_student(teacher_path: str | Path, lora: LoraConfig) -> tuple[HFDiffusio
     )
     peft_model = get_peft_model(teacher.model, config)
     student = HFDiffusionAdapter(peft_model, teacher.mask_token_id, teacher.eos_token_id, teacher.pad_token_id,
-                                 teacher.shift_logits, teacher.eot_token_id)
+                                 teacher.shift_logits, teacher.eot_token_id, teacher.decode_defaults)
     return student, tokenizer
 
 
@@ -72,4 +72,4 @@ def load_student_adapter(teacher_path: str | Path, adapter_dir: str | Path) -> H
     teacher, _ = load_tiny_teacher(teacher_path)
     peft_model = PeftModel.from_pretrained(teacher.model, str(adapter_dir))
     return HFDiffusionAdapter(peft_model.eval(), teacher.mask_token_id, teacher.eos_token_id,
-                              teacher.pad_token_id, teacher.shift_logits)
+                              teacher.pad_token_id, teacher.shift_logits, decode_defaults=teacher.decode_defaults)

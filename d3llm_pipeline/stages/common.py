@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -54,13 +54,9 @@ def task_splits(task: ArithTaskConfig) -> dict[str, list[arith.Problem]]:
 
 
 def decode_spec(decode: DecodeConfig) -> DecodeSpec:
-    return DecodeSpec(
-        gen_length=decode.gen_length, block_size=decode.block_size, rule=decode.rule, score=decode.score,
-        threshold=decode.threshold, tokens_per_step=decode.tokens_per_step, early_stop=decode.early_stop,
-        block_add_threshold=decode.block_add_threshold, decoded_token_threshold=decode.decoded_token_threshold,
-        accept_global_best=decode.accept_global_best, kv_cache=decode.kv_cache,
-        cache_delay_iter=decode.cache_delay_iter, refresh_interval=decode.refresh_interval,
-    )
+    """The decoder's knobs from the decode config: every DecodeSpec field the config has (same names)."""
+    shared = [f.name for f in fields(DecodeSpec) if hasattr(decode, f.name)]
+    return DecodeSpec(**{name: getattr(decode, name) for name in shared})
 
 
 def load_model(model: ModelConfig, device: str | torch.device = "cpu"):

@@ -81,6 +81,13 @@ def _run_fingerprint(model_cfg: ModelConfig, task: ArithTaskConfig, spec: Decode
     if spec.rule != "d3llm":  # multi-block knobs do not shape these rows (and must not void older chunks)
         for key in ("block_add_threshold", "decoded_token_threshold", "accept_global_best"):
             decode_identity.pop(key)
+    elif spec.accept_global_best is None:  # null = the family's rule: fingerprint the rule that runs
+        from d3llm_pipeline.models.families import get_family
+
+        decode_identity["accept_global_best"] = get_family(model_cfg.family).decode_defaults.accept_global_best
+    for key, default in (("cache_plan", "ours"), ("entropy_dtype", "float32")):  # added later: at their
+        if decode_identity[key] == default:  # defaults they change nothing, so older chunks stay valid
+            decode_identity.pop(key)
     return {
         "teacher": {"name": model_cfg.name, "weights_sha256": [artifacts.file_sha256(p) for p in weights]},
         "task": asdict(task), "split": stage.split, "n_prompts": stage.n_prompts,

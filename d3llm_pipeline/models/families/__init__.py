@@ -16,12 +16,13 @@ from typing import Any
 
 from d3llm_pipeline.config.schema import ConfigError
 from d3llm_pipeline.models.families import dream, llada, tiny
-from d3llm_pipeline.models.families.base import Family, SpecialIds
+from d3llm_pipeline.models.families.base import DecodeDefaults, Family, SpecialIds
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (tiny.FAMILY, llada.FAMILY, dream.FAMILY)}
 TEACHER_CMD = "python -m d3llm_pipeline stage=teacher"  # what makes a tiny checkpoint (= stages.checks.TEACHER_CMD)
 
-__all__ = ["FAMILIES", "Family", "SpecialIds", "detect_family", "family_of", "get_family", "load_model"]
+__all__ = ["FAMILIES", "DecodeDefaults", "Family", "SpecialIds", "detect_family", "family_of", "get_family",
+           "load_model"]
 
 
 def get_family(name: str) -> Family:

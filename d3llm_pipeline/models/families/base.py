@@ -46,6 +46,24 @@ def _first_id(value: Any) -> int | None:
 
 
 @dataclass(frozen=True)
+class DecodeDefaults:
+    """How a family's official decoders behave where the d3LLM reference code differs between families.
+
+    The decoders (decoding/) read these from the adapter (`lm.decode_defaults`) instead of testing a family name.
+    The defaults are the embedded tiny family's (the pipeline's own rules).
+    """
+
+    # decode=d3llm with decode.accept_global_best=null: always accept the minimum-entropy candidate of all open
+    # blocks (d3LLM's LLaDA `generate_multi_block`); False = only the candidates below τ (Dream's)
+    accept_global_best: bool = False
+    # an entropy exactly equal to τ is accepted (LLaDA's `entropy > τ -> reject`, i.e. H <= τ); Dream's is H < τ
+    inclusive_threshold: bool = False
+    # decode.cache_plan=reference: the official cached decoder's scan for blocks to cache stops at the first block
+    # still stabilising (LLaDA's `elif delay < d: break`, method.md §5.3); Dream's goes on and stamps later ones
+    cache_scan_stops_at_stabilising: bool = True
+
+
+@dataclass(frozen=True)
 class Family:
     """One dLLM family. Real families (LLaDA, Dream) load natively through `build_config` + `rename`."""
 
@@ -63,6 +81,7 @@ class Family:
     official_name: Callable[[str], str] | None = None  # the inverse of rename, for error messages
     # config.json -> the longest sequence the model was built for (None: no limit known)
     positions: Callable[[dict], int | None] | None = None
+    decode_defaults: DecodeDefaults = DecodeDefaults()  # handed to the adapter (lm.decode_defaults)
 
     def detect(self, config: dict) -> bool:
         """Whether a checkpoint's config.json (as a dict) belongs to this family."""

@@ -10,7 +10,7 @@ Ids (method.md §7): MASK 151666, EOS = PAD = BOS 151643 `<|endoftext|>`, end of
 
 from __future__ import annotations
 
-from d3llm_pipeline.models.families.base import Family, SpecialIds
+from d3llm_pipeline.models.families.base import DecodeDefaults, Family, SpecialIds
 
 # Dream config.json keys copied as they are into Qwen2Config (same meaning, same name)
 SAME_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -55,4 +55,8 @@ FAMILY = Family(
     build_config=build_config,
     rename=rename,
     positions=lambda config: config.get("max_position_embeddings"),
+    # d3llm_dream_generate_util: H < τ only (no global-best rule); its cached decoder's scan does not stop at a
+    # stabilising block, so later complete blocks are stamped (and can stabilise) at once
+    decode_defaults=DecodeDefaults(accept_global_best=False, inclusive_threshold=False,
+                                   cache_scan_stops_at_stabilising=False),
 )

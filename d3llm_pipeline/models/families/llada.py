@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from d3llm_pipeline.models.families.base import Family, SpecialIds
+from d3llm_pipeline.models.families.base import DecodeDefaults, Family, SpecialIds
 
 # OLMo block names -> Llama decoder layer names (ff_proj is the gated half of the SwiGLU: silu(ff_proj) * up_proj)
 BLOCK_NAMES = {
@@ -105,4 +105,8 @@ FAMILY = Family(
     rename=rename,
     official_name=official_name,
     positions=lambda config: config.get("max_sequence_length"),
+    # d3llm_llada_generate_util: global minimum-entropy candidate always + every H <= τ (its `entropy > τ` drops);
+    # its cached decoder stops scanning for blocks to cache at the first one still stabilising
+    decode_defaults=DecodeDefaults(accept_global_best=True, inclusive_threshold=True,
+                                   cache_scan_stops_at_stabilising=True),
 )

@@ -137,5 +137,6 @@ def load_native(family: Family, path: Path, dtype: str = "float32", device: Any 
     rebuild_buffers(model, device)
     model.eval()
     ids = family.special_ids(config)
-    lm = HFDiffusionAdapter(model, ids.mask, ids.eos, ids.pad, family.shift_logits, eot_token_id=ids.eot)
+    lm = HFDiffusionAdapter(model, ids.mask, ids.eos, ids.pad, family.shift_logits, eot_token_id=ids.eot,
+                            decode_defaults=family.decode_defaults)
     return lm, load_tokenizer(path)

@@ -30,5 +30,6 @@ def load_remote(family: Family, path: Path, dtype: str, device: Any) -> tuple[HF
     model = AutoModel.from_pretrained(path, trust_remote_code=True, local_files_only=True, dtype=torch_dtype(dtype))
     model.to(device).eval()
     ids = family.special_ids(json.loads((path / "config.json").read_text()))
-    lm = HFDiffusionAdapter(model, ids.mask, ids.eos, ids.pad, family.shift_logits, eot_token_id=ids.eot)
+    lm = HFDiffusionAdapter(model, ids.mask, ids.eos, ids.pad, family.shift_logits, eot_token_id=ids.eot,
+                            decode_defaults=family.decode_defaults)
     return lm, load_tokenizer(path)
