@@ -3,7 +3,7 @@
 The decoders (semi_ar.py, multi_block.py, prefix_cache.py) import from here and never from each other's
 modules, so the package has no import cycle. `DecodeSpec` is the one place the knobs are defined: the config
 schema (config/schema.py DecodeConfig) adds only what the stages need around them (name, batch_size) and
-stages/common.decode_spec copies every field the two share.
+`spec_from(decode_cfg)` copies every field the two share.
 
     spec = DecodeSpec(gen_length=64, block_size=16, rule="d3llm", threshold=0.5, kv_cache=True)
     spec.global_best(lm)   # decode.accept_global_best, or the model family's default when it is None
@@ -11,7 +11,7 @@ stages/common.decode_spec copies every field the two share.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -113,3 +113,8 @@ def build_attention(prompt_attention_mask: torch.Tensor | None, gen_length: int)
     ones = torch.ones(prompt_attention_mask.shape[0], gen_length, dtype=prompt_attention_mask.dtype,
                       device=prompt_attention_mask.device)
     return torch.cat([prompt_attention_mask, ones], dim=1)
+
+
+def spec_from(config: object) -> DecodeSpec:
+    """A DecodeSpec from any object with same-named attributes (the decode config section): the fields it has."""
+    return DecodeSpec(**{f.name: getattr(config, f.name) for f in fields(DecodeSpec) if hasattr(config, f.name)})

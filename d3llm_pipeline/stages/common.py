@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,8 +16,9 @@ from omegaconf import DictConfig
 
 from d3llm_pipeline.config.schema import ArithTaskConfig, ConfigError, DecodeConfig, ModelConfig, load_section
 from d3llm_pipeline.decoding import DecodeSpec
+from d3llm_pipeline.decoding.spec import spec_from
 from d3llm_pipeline.runtime import configure_threads
-from d3llm_pipeline.tasks import arith
+from d3llm_pipeline.tasks.arith import task_splits  # noqa: F401  (re-exported for the stages)
 
 log = logging.getLogger(__name__)
 
@@ -43,20 +44,9 @@ def resolve_device(setting: str) -> torch.device:
     return device
 
 
-def task_splits(task: ArithTaskConfig) -> dict[str, list[arith.Problem]]:
-    return arith.make_splits(
-        arith.ArithConfig(
-            seed=task.seed, prompt_length=task.prompt_length, gen_length=task.gen_length,
-            min_steps=task.min_steps, max_steps=task.max_steps, n_train=task.n_train, n_val=task.n_val,
-            n_test=task.n_test,
-        )
-    )
-
-
 def decode_spec(decode: DecodeConfig) -> DecodeSpec:
-    """The decoder's knobs from the decode config: every DecodeSpec field the config has (same names)."""
-    shared = [f.name for f in fields(DecodeSpec) if hasattr(decode, f.name)]
-    return DecodeSpec(**{name: getattr(decode, name) for name in shared})
+    """The decoder's knobs from the decode config (decoding.spec.spec_from: every field the two share)."""
+    return spec_from(decode)
 
 
 def load_model(model: ModelConfig, device: str | torch.device = "cpu"):

@@ -28,7 +28,7 @@ import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -309,3 +309,11 @@ def chain_correct(output_text: str) -> bool:
         if (a + b if op == "+" else a - b) != c:
             return False
     return True
+
+
+def task_splits(task: Any) -> dict[str, list[Problem]]:
+    """The splits of a `task` config section (config/schema.py ArithTaskConfig: the same field names)."""
+    return make_splits(ArithConfig(
+        seed=task.seed, prompt_length=task.prompt_length, gen_length=task.gen_length, min_steps=task.min_steps,
+        max_steps=task.max_steps, n_train=task.n_train, n_val=task.n_val, n_test=task.n_test,
+    ))

@@ -10,8 +10,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from d3llm_pipeline.config.schema import ArithTaskConfig
-from d3llm_pipeline.stages.common import task_splits
 from d3llm_pipeline.tasks import arith
+from d3llm_pipeline.tasks.arith import task_splits
 
 
 class ArithDataModule(L.LightningDataModule):

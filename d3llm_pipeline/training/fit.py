@@ -13,8 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from d3llm_pipeline.config.schema import ConfigError, DecodeConfig
 from d3llm_pipeline.config.validate import TRAINER_RESERVED
-from d3llm_pipeline.stages.common import decode_spec
-from d3llm_pipeline.stages.evaluate import evaluate_problems
+from d3llm_pipeline.decoding.spec import spec_from
+from d3llm_pipeline.evaluation import evaluate_problems
 
 SUMMARY_FILE = "training_summary.json"  # written beside a published checkpoint; its presence means "finished"
 # Set by the stages themselves from stage.* keys; a trainer.* value would silently fight them (config/validate.py
@@ -44,5 +44,5 @@ def _evaluate(lm, tokenizer, problems, spec, prompt_length: int, batch_size: int
 
 def validation_evaluator(tokenizer, problems, decode: DecodeConfig, prompt_length: int):
     """A picklable callable lm -> {accuracy, tpf, ...} decoding `problems` (works under ddp_spawn)."""
-    return functools.partial(_evaluate, tokenizer=tokenizer, problems=problems, spec=decode_spec(decode),
+    return functools.partial(_evaluate, tokenizer=tokenizer, problems=problems, spec=spec_from(decode),
                              prompt_length=prompt_length, batch_size=decode.batch_size)
