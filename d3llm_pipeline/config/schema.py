@@ -163,6 +163,20 @@ MODEL_FAMILIES = ("tiny", "llada", "dream")
 
 
 @dataclass
+class ModelDecodeDefaults:
+    """A model preset's decode=d3llm settings (method.md §6); conf/decode/d3llm.yaml reads them through
+    `${oc.select:model.decode_defaults.<key>,<embedded default>}`, so a `decode.<key>=` override still wins.
+    null / absent: the embedded default of conf/decode/d3llm.yaml."""
+
+    threshold: float | None = None  # τ
+    block_add_threshold: float | None = None  # A
+    decoded_token_threshold: float | None = None  # D
+    early_stop: bool | None = None
+    cache_delay_iter: int | None = None  # d (used with decode.kv_cache=true)
+    refresh_interval: int | None = None  # R (null: never refresh)
+
+
+@dataclass
 class ModelConfig:
     name: str = "tiny-teacher"
     family: str = "tiny"  # tiny (embedded GPT-2 teacher) | llada | dream (d3llm_pipeline/models/families/)
@@ -171,6 +185,7 @@ class ModelConfig:
     attn_implementation: str = "sdpa"  # sdpa | eager (both bidirectional)
     backend: str = "native"  # native: stock transformers modules, no remote code | remote: trust_remote_code=True
     arch: TinyArchConfig = field(default_factory=TinyArchConfig)
+    decode_defaults: ModelDecodeDefaults = field(default_factory=ModelDecodeDefaults)  # method.md §6 per preset
 
     def __post_init__(self) -> None:
         check(self.family in MODEL_FAMILIES,

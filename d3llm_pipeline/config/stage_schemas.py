@@ -136,6 +136,7 @@ class DistillStageConfig:
     checkpoint_every: int = 100
     resume: bool = True
     overwrite: bool = False
+    gradient_checkpointing: bool = False  # recompute activations in backward (8B students on one GPU); off: faster
     compare: StudentCompareConfig = field(default_factory=StudentCompareConfig)
 
     def __post_init__(self) -> None:
@@ -215,6 +216,23 @@ class AblationStageConfig:
                f"{self.thresholds}; pick one of them or add it to the list")
 
 
+@dataclass
+class ExportStageConfig:
+    """stage=export: a checkpoint (optionally + a LoRA adapter, merged) in its family's official format."""
+
+    name: str = "export"
+    model_path: str = "outputs/artifacts/student/merged"  # what to export (loaded with model.family, model.dtype)
+    adapter: str | None = None  # a PEFT adapter dir (stage=distill's adapter/) merged onto model_path first
+    source_path: str | None = None  # the official dir whose format / config.json / files are written; null: model_path
+    out_dir: str = "outputs/artifacts/export"
+    dtype: str | None = None  # null: config.json's torch_dtype (bf16 for released checkpoints)
+
+    def __post_init__(self) -> None:
+        check(self.dtype in (None, "float32", "bfloat16", "float16"),
+               f"stage.dtype must be null, float32, bfloat16 or float16, got {self.dtype!r}")
+        check(bool(self.model_path), "stage.model_path must name the checkpoint to export")
+
+
 # stage name -> schema of its `stage` section (the dispatcher's registry lives in d3llm_pipeline.stages)
 STAGE_SCHEMAS: dict[str, type] = {
     "teacher": TeacherStageConfig,
@@ -226,4 +244,6 @@ STAGE_SCHEMAS: dict[str, type] = {
     "report": ReportStageConfig,
     "pipeline": PipelineStageConfig,
     "ablation": AblationStageConfig,
+    "export": ExportStageConfig,
 }
+

@@ -1,8 +1,12 @@
-"""The LoRA student: the teacher checkpoint + a PEFT adapter; saved as an adapter and as a merged HF checkpoint.
+"""The LoRA student: the teacher checkpoint + a PEFT adapter; saved as an adapter and as a merged checkpoint.
 
-    student = make_student(teacher_path, lora_cfg)            # HFDiffusionAdapter over a PeftModel
-    save_student(student, tokenizer, out_dir)                 # out_dir/adapter (PEFT), out_dir/merged (HF)
-    lm, tok = load_tiny_teacher(out_dir / "merged")           # stage=eval model=student loads it like this
+    student, tok = make_student(teacher_path, lora_cfg, dtype="bfloat16")   # HFDiffusionAdapter over a PeftModel
+    save_student(student, tok, out_dir)       # out_dir/adapter (PEFT), out_dir/merged (the teacher's own format)
+    lm, tok = load_model(out_dir / "merged", family)                        # stage=eval model=student loads it
+
+The merged student is written in its teacher's format: an HF checkpoint for the tiny family, the official
+on-disk format for LLaDA / Dream (families/export.py: official names, the teacher's config.json, bf16), so it
+loads exactly like its teacher, in this pipeline and in the official code.
 """
 
 from __future__ import annotations
@@ -10,26 +14,40 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
 
 from d3llm_pipeline.config.schema import ConfigError, LoraConfig
 from d3llm_pipeline.models.adapter import HFDiffusionAdapter
-from d3llm_pipeline.models.tiny import adapter_for, load_tiny_teacher, save_tiny_teacher
+from d3llm_pipeline.models.tiny import adapter_for, save_tiny_teacher
 
 
-def make_student(teacher_path: str | Path, lora: LoraConfig) -> tuple[HFDiffusionAdapter, object]:
-    """(student adapter, tokenizer): teacher weights frozen, LoRA matrices on `lora.target_modules` trainable."""
+def _family_of(teacher_path: str | Path):
+    """The teacher's family from its config.json (the default family when unreadable: its checks say why)."""
     from d3llm_pipeline.config.schema import ModelConfig
     from d3llm_pipeline.models.families import family_of, get_family
+
+    return family_of(teacher_path) or get_family(ModelConfig().family)
+
+
+def make_student(teacher_path: str | Path, lora: LoraConfig, dtype: str = "float32", device: str = "cpu",
+                 gradient_checkpointing: bool = False) -> tuple[HFDiffusionAdapter, object]:
+    """(student adapter, tokenizer): teacher weights frozen (in `dtype`), LoRA matrices trainable.
+
+    PEFT keeps the LoRA matrices in float32 over a bf16 base (autocast_adapter_dtype). Gradient checkpointing
+    (non-reentrant: the frozen inputs need no requires_grad) trades a second forward per layer for activations.
+    """
     from d3llm_pipeline.stages.checks import TEACHER_CMD
 
-    # The teacher's family from its config.json (the default family when unreadable: its checks say what is wrong);
-    # checked and loaded with errors that name the file (a corrupt teacher is one line, not a traceback).
-    family = family_of(teacher_path) or get_family(ModelConfig().family)
-    teacher, tokenizer = family.load_checked(teacher_path, "stage.teacher_path", TEACHER_CMD)
+    family = _family_of(teacher_path)
+    # checked and loaded with errors that name the file (a corrupt teacher is one line, not a traceback)
+    teacher, tokenizer = family.load_checked(teacher_path, "stage.teacher_path", TEACHER_CMD, dtype=dtype,
+                                             device=device)
     targets = list(lora.target_modules)
     if targets == LoraConfig().target_modules:  # left at the schema default: the family's own preset names
         targets = list(family.lora_targets)
@@ -38,6 +56,8 @@ def make_student(teacher_path: str | Path, lora: LoraConfig) -> tuple[HFDiffusio
     if missing:
         raise ConfigError(f"distill.lora.target_modules {missing} do not exist in {teacher_path}; "
                           f"this model has e.g. {sorted(n for n in names if n)[:12]}")
+    if gradient_checkpointing:
+        teacher.model.activation_checkpointing_enable({"use_reentrant": False})  # (transformers' new name)
     config = PeftLoraConfig(
         r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
         fan_in_fan_out=family.lora_fan_in_fan_out,  # only GPT-2's Conv1D stores (in, out) matrices
@@ -46,19 +66,65 @@ def make_student(teacher_path: str | Path, lora: LoraConfig) -> tuple[HFDiffusio
     peft_model = get_peft_model(teacher.model, config)
     student = HFDiffusionAdapter(peft_model, teacher.mask_token_id, teacher.eos_token_id, teacher.pad_token_id,
                                  teacher.shift_logits, teacher.eot_token_id, teacher.decode_defaults)
+    student.teacher_path = str(teacher_path)  # what save_student exports the merged student like
     return student, tokenizer
 
 
-def save_student(student: HFDiffusionAdapter, tokenizer, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write `adapter/` (PEFT format) and `merged/` (plain HF checkpoint), each via a temp dir + rename."""
+class MergedState(Mapping):
+    """native name -> merged tensor of a LoRA model, computed one tensor at a time (never a second model copy).
+
+    A LoRA-adapted `<module>.weight` is base + B A * scale (PEFT's own delta, as merge_and_unload adds it);
+    every other name is the base model's tensor.
+    """
+
+    def __init__(self, peft_model: PeftModel):
+        base = peft_model.get_base_model()
+        self.lora = {name: m for name, m in base.named_modules() if isinstance(m, LoraLayer)}
+        # state_dict() holds references, not copies; an adapted layer's weight is under `.base_layer.`
+        self.plain = {n.replace(".base_layer.", "."): t for n, t in base.state_dict().items() if ".lora_" not in n}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        tensor = self.plain[name]
+        module_name, _, attr = name.rpartition(".")
+        layer = self.lora.get(module_name)
+        if layer is None or attr != "weight":
+            return tensor
+        with torch.no_grad():
+            delta = sum(layer.get_delta_weight(a) for a in layer.active_adapters if a in layer.lora_A)
+            return tensor + delta.to(tensor.dtype)
+
+    def shape_of(self, name: str) -> torch.Size:
+        return self.plain[name].shape  # a merged weight has its base weight's shape
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.plain)
+
+    def __len__(self) -> int:
+        return len(self.plain)
+
+
+def save_student(student: HFDiffusionAdapter, tokenizer, out_dir: str | Path,
+                 teacher_path: str | Path | None = None) -> tuple[Path, Path]:
+    """Write `adapter/` (PEFT format) and `merged/` (the teacher's format), each via a temp dir + rename."""
     out_dir = Path(out_dir)
     peft_model: PeftModel = student.model
+    teacher_path = teacher_path or getattr(student, "teacher_path", None)
+    family = _family_of(teacher_path) if teacher_path else None
     adapter_dir, merged_dir = out_dir / "adapter", out_dir / "merged"
-    for final, write in (
-        (adapter_dir, lambda tmp: peft_model.save_pretrained(tmp)),
-        (merged_dir, lambda tmp: save_tiny_teacher(
-            adapter_for(copy.deepcopy(peft_model).merge_and_unload(), tokenizer), tokenizer, tmp)),
-    ):
+
+    def write_merged(tmp: Path) -> None:
+        if family is not None and family.rename is not None:  # LLaDA / Dream: the official format
+            from d3llm_pipeline.models.families.export import export_official
+
+            # in the training dtype: a bf16 cast would drop LoRA deltas below bf16's resolution of an fp32 run
+            # (stage=export writes the released dtype)
+            dtype = next(peft_model.get_base_model().parameters()).dtype
+            export_official(MergedState(peft_model), family, teacher_path, tmp, key="stage.teacher_path",
+                            dtype=dtype)
+        else:
+            save_tiny_teacher(adapter_for(copy.deepcopy(peft_model).merge_and_unload(), tokenizer), tokenizer, tmp)
+
+    for final, write in ((adapter_dir, lambda tmp: peft_model.save_pretrained(tmp)), (merged_dir, write_merged)):
         tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         write(tmp)
@@ -67,9 +133,14 @@ def save_student(student: HFDiffusionAdapter, tokenizer, out_dir: str | Path) ->
     return adapter_dir, merged_dir
 
 
-def load_student_adapter(teacher_path: str | Path, adapter_dir: str | Path) -> HFDiffusionAdapter:
-    """The teacher with a saved PEFT adapter applied (unmerged), for checking a reload gives the same logits."""
-    teacher, _ = load_tiny_teacher(teacher_path)
+def load_student_adapter(teacher_path: str | Path, adapter_dir: str | Path, dtype: str = "float32",
+                         device: str = "cpu") -> HFDiffusionAdapter:
+    """The teacher (any family) with a saved PEFT adapter applied (unmerged): a reload check, or export's input."""
+    from d3llm_pipeline.stages.checks import TEACHER_CMD
+
+    teacher, _ = _family_of(teacher_path).load_checked(teacher_path, "stage.teacher_path", TEACHER_CMD,
+                                                       dtype=dtype, device=device)
     peft_model = PeftModel.from_pretrained(teacher.model, str(adapter_dir))
     return HFDiffusionAdapter(peft_model.eval(), teacher.mask_token_id, teacher.eos_token_id,
-                              teacher.pad_token_id, teacher.shift_logits, decode_defaults=teacher.decode_defaults)
+                              teacher.pad_token_id, teacher.shift_logits, teacher.eot_token_id,
+                              decode_defaults=teacher.decode_defaults)

@@ -1,7 +1,8 @@
 """d3LLM distillation losses (method.md §3): masked CE, complementary CE and an entropy penalty, pure torch.
 
     cfg = DistillLossConfig()                                   # LLaDA recipe: (CE + CE' + 2 H) / 4
-    out = distill_loss(logits, logits_comp, targets_full, primary, complement, cfg)
+    out = distill_loss(logits, logits_comp, targets_full, primary, complement, cfg)   # full (B, L, V) logits
+    out = distill_loss_rows(rows, rows_comp, targets, targets_comp, cfg)  # only the masked rows (training)
     out["loss"].backward()                                      # other keys are for logging
 
 All masks here cover the full sequence (prompt + generation region); the caller pads the (B, G) region masks
@@ -13,32 +14,44 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
-from d3llm_pipeline.objectives.losses import masked_cross_entropy
+import torch.nn.functional as F
 
 # Inside the log of the entropy, exactly as in the d3LLM trainer, so our values match the reference.
 _LOG_EPS = 1e-12
 
 
+def entropy_on_correct_rows(rows: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Mean predictive entropy over the rows whose raw-logit argmax equals their target.
+
+    q = softmax(rows / T) in float32, H_tok = -sum q log(q + 1e-12). Penalising it on already-correct
+    predictions sharpens them, so more tokens pass the confidence/entropy threshold at decode time.
+    Returns a scalar; 0 (with a graph, so backward still works) when no row qualifies.
+
+    rows: (N, V) logits of the masked positions; targets: (N,).
+    """
+    correct = rows.argmax(dim=-1) == targets  # (N,)
+    # Select before the softmax: only a few positions qualify and V can be ~100k.
+    selected = rows[correct].float()  # (M, V)
+    if selected.shape[0] == 0:
+        return rows.sum() * 0.0
+    q = torch.softmax(selected / temperature, dim=-1)  # (M, V)
+    h_tok = -(q * torch.log(q + _LOG_EPS)).sum(dim=-1)  # (M,)
+    return h_tok.mean()
+
+
 def entropy_on_correct(
     logits: torch.Tensor, targets: torch.Tensor, masked: torch.Tensor, temperature: float
 ) -> torch.Tensor:
-    """Mean predictive entropy over masked positions whose raw-logit argmax equals the target.
+    """`entropy_on_correct_rows` over the masked positions of full logits (B, L, V); targets, masked: (B, L)."""
+    return entropy_on_correct_rows(logits[masked], targets[masked], temperature)
 
-    q = softmax(logits / T) in float32, H_tok = -sum q log(q + 1e-12). Penalising it on already-correct
-    predictions sharpens them, so more tokens pass the confidence/entropy threshold at decode time.
-    Returns a scalar; 0 (with a graph, so backward still works) when no position qualifies.
 
-    logits: (B, L, V); targets, masked: (B, L).
-    """
-    correct = masked & (logits.argmax(dim=-1) == targets)  # (B, L)
-    # Select before the softmax: only a few positions qualify and V can be ~100k.
-    selected = logits[correct].float()  # (N, V)
-    if selected.shape[0] == 0:
-        return logits.sum() * 0.0
-    q = torch.softmax(selected / temperature, dim=-1)  # (N, V)
-    h_tok = -(q * torch.log(q + _LOG_EPS)).sum(dim=-1)  # (N,)
-    return h_tok.mean()
+def cross_entropy_rows(rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean token cross-entropy of (N, V) rows against (N,) targets in float32 (= losses.masked_cross_entropy
+    of the full logits); 0 with a graph when N = 0."""
+    if rows.shape[0] == 0:
+        return rows.sum() * 0.0
+    return F.cross_entropy(rows.float(), targets, reduction="mean")
 
 
 @dataclass(frozen=True)
@@ -62,6 +75,39 @@ def _zero(like: torch.Tensor) -> torch.Tensor:
     return torch.zeros((), dtype=torch.float32, device=like.device)
 
 
+def distill_loss_rows(
+    rows: torch.Tensor,
+    rows_comp: torch.Tensor | None,
+    targets: torch.Tensor,
+    targets_comp: torch.Tensor | None,
+    cfg: DistillLossConfig,
+) -> dict[str, torch.Tensor]:
+    """Total distillation loss and its terms from the logits of the masked positions only.
+
+    rows: (N, V) logits of the primary-masked positions, targets: (N,) their clean tokens; rows_comp / targets_comp
+    the same for the complement-masked positions of the complementary forward (None when cfg.complementary is
+    False). Every term only ever reads masked positions, so this equals `distill_loss` on full (B, L, V) logits
+    while a model asked only for these rows (`lm.logits(ids, keep=mask)`) never builds the full vocabulary
+    projection. Returns "loss", "ce", "ce_comp", "entropy", "entropy_comp" (scalars; 0 for terms that are off).
+    """
+    if cfg.complementary and (rows_comp is None or targets_comp is None):
+        raise ValueError("cfg.complementary is True but no complementary logits were given")
+    use_entropy = cfg.entropy_weight != 0.0
+    temp = cfg.entropy_temperature
+
+    ce = cross_entropy_rows(rows, targets)
+    entropy = entropy_on_correct_rows(rows, targets, temp) if use_entropy else _zero(rows)
+    ce_comp, entropy_comp = _zero(rows), _zero(rows)
+    if cfg.complementary:
+        assert rows_comp is not None and targets_comp is not None  # checked above; narrows the types
+        ce_comp = cross_entropy_rows(rows_comp, targets_comp)
+        if use_entropy and cfg.entropy_on_complementary:
+            entropy_comp = entropy_on_correct_rows(rows_comp, targets_comp, temp)
+
+    total = cfg.scale * (ce + ce_comp + cfg.entropy_weight * (entropy + entropy_comp))
+    return {"loss": total, "ce": ce, "ce_comp": ce_comp, "entropy": entropy, "entropy_comp": entropy_comp}
+
+
 def distill_loss(
     logits: torch.Tensor,
     logits_comp: torch.Tensor | None,
@@ -70,26 +116,13 @@ def distill_loss(
     complement: torch.Tensor,
     cfg: DistillLossConfig,
 ) -> dict[str, torch.Tensor]:
-    """Total distillation loss and its terms.
+    """`distill_loss_rows` on full logits (the reference form; training asks the model for the rows only).
 
     logits, logits_comp: (B, L, V) from the primary / complementary forwards (logits_comp may be None when
     cfg.complementary is False); targets_full: (B, L) clean sequence; primary, complement: (B, L) bool masks.
-    Returns "loss", "ce", "ce_comp", "entropy", "entropy_comp" (scalars; 0 for terms that are off). The entropy
-    terms count as off when entropy_weight == 0; entropy_comp also needs the complementary pass.
+    The entropy terms count as off when entropy_weight == 0; entropy_comp also needs the complementary pass.
     """
     if cfg.complementary and logits_comp is None:
         raise ValueError("cfg.complementary is True but no complementary logits were given")
-    use_entropy = cfg.entropy_weight != 0.0
-    temp = cfg.entropy_temperature
-
-    ce = masked_cross_entropy(logits, targets_full, primary)
-    entropy = entropy_on_correct(logits, targets_full, primary, temp) if use_entropy else _zero(logits)
-    ce_comp, entropy_comp = _zero(logits), _zero(logits)
-    if cfg.complementary:
-        assert logits_comp is not None  # checked above; narrows the type
-        ce_comp = masked_cross_entropy(logits_comp, targets_full, complement)
-        if use_entropy and cfg.entropy_on_complementary:
-            entropy_comp = entropy_on_correct(logits_comp, targets_full, complement, temp)
-
-    total = cfg.scale * (ce + ce_comp + cfg.entropy_weight * (entropy + entropy_comp))
-    return {"loss": total, "ce": ce, "ce_comp": ce_comp, "entropy": entropy, "entropy_comp": entropy_comp}
+    rows_comp = logits_comp[complement] if logits_comp is not None else None
+    return distill_loss_rows(logits[primary], rows_comp, targets_full[primary], targets_full[complement], cfg)

@@ -38,6 +38,7 @@ STAGES = {
     "report": "d3llm_pipeline.stages.report:run",
     "pipeline": "d3llm_pipeline.stages.pipeline:run",
     "ablation": "d3llm_pipeline.stages.ablation:run",
+    "export": "d3llm_pipeline.stages.export:run",
 }
 
 

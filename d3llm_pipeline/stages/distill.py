@@ -5,7 +5,8 @@
     python -m d3llm_pipeline stage=eval model=student              # evaluate the merged student
 
 Outputs under `stage.out_dir` (default outputs/artifacts/student; in a multirun each job writes
-`<artifacts>/students/<its overrides>/`): `adapter/` (PEFT format) and `merged/` (an HF checkpoint loaded
+`<artifacts>/students/<its overrides>/`): `adapter/` (PEFT format) and `merged/` (the teacher's own format: HF
+for the tiny teacher, official LLaDA / Dream names and config.json for those, in the training dtype; loaded
 exactly like the teacher, with `artifact.json` recording what shaped it: teacher, trajectories, recipe, seed).
 A finished student is reused only when those match (else one line names the keys that differ). Interrupted runs
 resume from `<out_dir>.lightning/last.ckpt`, after the same check, with the same curriculum values and batches
@@ -92,7 +93,9 @@ def _distill(cfg: DictConfig, stage: DistillStageConfig, distill: DistillConfig,
                              "resume it with its own settings, or start over with stage.overwrite=true")
 
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    student, tokenizer = make_student(stage.teacher_path, distill.lora)
+    # the teacher in model.dtype (bf16 presets: half the memory of fp32; the LoRA matrices stay fp32)
+    student, tokenizer = make_student(stage.teacher_path, distill.lora, dtype=str(cfg.model.dtype),
+                                      gradient_checkpointing=stage.gradient_checkpointing)
     data = DistillDataModule(stage.trajectories, stage.batch_size, int(cfg.seed), distill.targets,
                              distill.only_correct, stage.epochs)
     steps_per_epoch = data.prepare(_world_size(cfg))

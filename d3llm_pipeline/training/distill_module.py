@@ -3,7 +3,8 @@
 Thin glue over the pure core (objectives.distill_masking / distill_losses / schedules). Each step draws its
 randomness (mask ratio, windows, random masks) from a generator seeded by (seed, global step, rank), so a run
 resumed from a checkpoint reproduces the uninterrupted run's losses exactly. Primary and complementary inputs
-go through the student in one forward of 2B rows.
+go through the student in one forward of 2B rows, which projects onto the vocabulary only the masked positions
+the loss reads (the adapter's `keep`), never full (2B, L, V) logits.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import lightning as L
 import torch
 
 from d3llm_pipeline.config.schema import DistillConfig
-from d3llm_pipeline.objectives.distill_losses import DistillLossConfig, distill_loss
+from d3llm_pipeline.objectives.distill_losses import DistillLossConfig, distill_loss_rows
 from d3llm_pipeline.objectives.distill_masking import (
     apply_masks,
     count_invalid_trajectories,
@@ -79,12 +80,19 @@ class DistillModule(L.LightningModule):
         primary_full = torch.cat([no_prompt, primary], dim=1)
         complement_full = torch.cat([no_prompt, complement], dim=1)
         full_targets = torch.cat([prompt, targets], dim=1)
+        # Logits only at the masked positions every term reads (keep): (N, V) rows instead of (2B, L, V) at a
+        # 126k-152k vocabulary. The rows come in row-major order of the True entries, so the primary rows
+        # (first B input rows) precede the complementary ones.
         if self.loss_cfg.complementary:
             both = torch.cat([inputs, apply_masks(prompt, targets, complement, mask_id)])  # (2B, P+G)
-            logits, logits_comp = self.student.logits(both).chunk(2)
+            keep = torch.cat([primary_full, complement_full])  # (2B, P+G)
+            rows = self.student.logits(both, keep=keep)  # (N + N', V)
+            n_primary = int(primary_full.sum())
+            rows, rows_comp = rows[:n_primary], rows[n_primary:]
         else:
-            logits, logits_comp = self.student.logits(inputs), None
-        terms = distill_loss(logits, logits_comp, full_targets, primary_full, complement_full, self.loss_cfg)
+            rows, rows_comp = self.student.logits(inputs, keep=primary_full), None
+        terms = distill_loss_rows(rows, rows_comp, full_targets[primary_full], full_targets[complement_full],
+                                  self.loss_cfg)
         return terms, ratio, fallback
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
