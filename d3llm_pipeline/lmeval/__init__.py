@@ -1,0 +1,25 @@
+"""lm-evaluation-harness integration: our decoders as the lm-eval model `d3llm`, and the arith task for lm-eval.
+
+    from d3llm_pipeline.lmeval import D3LLMEvalModel, task_manager
+    out = lm_eval.simple_evaluate(model=D3LLMEvalModel(pretrained=dir, decode="d3llm"), tasks=["arith"],
+                                  task_manager=task_manager())
+
+Shell: `python -m d3llm_pipeline.lmeval --model d3llm --model_args pretrained=<dir>,decode=d3llm --tasks arith`
+(our task dir is added to --include_path automatically). Importing this package registers the model.
+"""
+
+from pathlib import Path
+
+from d3llm_pipeline.lmeval.model import D3LLMEvalModel
+
+TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+
+
+def task_manager(**metadata):
+    """An lm-eval TaskManager that also knows our tasks (d3llm_pipeline/lmeval/tasks); metadata goes to them."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=str(TASKS_DIR), metadata=metadata or None)
+
+
+__all__ = ["TASKS_DIR", "D3LLMEvalModel", "task_manager"]
