@@ -15,8 +15,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from d3llm_pipeline.config.schema import ConfigError
 
 
@@ -62,6 +60,8 @@ def configure_threads(setting: int | str) -> int:
             raise ConfigError(f"threads must be 'auto' or a positive integer, got {setting!r}") from None
         if threads < 1:
             raise ConfigError(f"threads must be 'auto' or a positive integer, got {setting!r}")
+    import torch  # (lazily: the entry point imports this module before any stage needs torch)
+
     torch.set_num_threads(threads)
     return threads
 
@@ -109,6 +109,7 @@ def git_sha() -> str | None:
 
 def versions() -> dict[str, str]:
     """Library versions that change numbers (recorded in every metrics.json)."""
+    import torch
     import transformers
 
     found = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
@@ -123,6 +124,8 @@ def versions() -> dict[str, str]:
 
 def provenance(threads: int | None = None) -> dict[str, Any]:
     """Where and with what a number was produced: git SHA, versions, machine load, threads."""
+    import torch
+
     return {
         "git_sha": git_sha(),
         "versions": versions(),

@@ -42,7 +42,7 @@ def make_student(teacher_path: str | Path, lora: LoraConfig, dtype: str = "float
     PEFT keeps the LoRA matrices in float32 over a bf16 base (autocast_adapter_dtype). Gradient checkpointing
     (non-reentrant: the frozen inputs need no requires_grad) trades a second forward per layer for activations.
     """
-    from d3llm_pipeline.stages.checks import TEACHER_CMD
+    from d3llm_pipeline.models.families.checkpoint import TEACHER_CMD
 
     family = _family_of(teacher_path)
     # checked and loaded with errors that name the file (a corrupt teacher is one line, not a traceback)
@@ -136,7 +136,7 @@ def save_student(student: HFDiffusionAdapter, tokenizer, out_dir: str | Path,
 def load_student_adapter(teacher_path: str | Path, adapter_dir: str | Path, dtype: str = "float32",
                          device: str = "cpu") -> HFDiffusionAdapter:
     """The teacher (any family) with a saved PEFT adapter applied (unmerged): a reload check, or export's input."""
-    from d3llm_pipeline.stages.checks import TEACHER_CMD
+    from d3llm_pipeline.models.families.checkpoint import TEACHER_CMD
 
     teacher, _ = _family_of(teacher_path).load_checked(teacher_path, "stage.teacher_path", TEACHER_CMD,
                                                        dtype=dtype, device=device)

@@ -1,10 +1,10 @@
 """Checks a stage runs on the artifacts it reads and the dirs it writes, before it does any work.
 
-    require_checkpoint(model.path, "model.path", TEACHER_CMD)          # config.json + weights present and sane
     require_trajectories(stage.trajectories, "stage.trajectories")     # a readable trajectory dataset
     require_writable(stage.out_dir, "stage.out_dir", need_bytes=...)   # creatable, writable, enough free space
-    lm, tok = load_checkpoint(model.path, "model.path", TEACHER_CMD)   # the checks, then a load whose errors
-                                                                      # (transformers, safetensors) name the file
+
+Checkpoints are checked by their model family (models/families/: the tiny family's checks, the official-format
+checks of LLaDA / Dream); this module covers the rest.
 
 Each failure is one PipelineError line naming the key, the file and the command that makes the artifact. The
 checks only read (stat, open, parse headers): a failed check leaves nothing behind that a later run would trip
@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from d3llm_pipeline.config.schema import PipelineError, first_line
-from d3llm_pipeline.models.families.checkpoint import safetensors_problem
-
-TEACHER_CMD = "python -m d3llm_pipeline stage=teacher"
-DISTILL_CMD = "python -m d3llm_pipeline stage=distill"
-TRAJECTORY_CMD = "python -m d3llm_pipeline stage=trajectory"
+from d3llm_pipeline.models.families.checkpoint import (  # noqa: F401  (model_cmd, TEACHER_CMD: re-exported)
+    DISTILL_CMD,
+    TEACHER_CMD,
+    TRAJECTORY_CMD,
+    model_cmd,
+)
 
 
 def _free_bytes(directory: Path) -> int | None:
@@ -54,55 +55,6 @@ def require_writable(directory: str | Path, key: str, need_bytes: int = 0) -> No
     if need_bytes and free is not None and free < need_bytes:
         raise PipelineError(f"cannot write to {key}={directory}: {free / 2**20:.0f} MiB free on its file system, "
                             f"about {need_bytes / 2**20:.0f} MiB needed; free some space or point {key} elsewhere")
-
-
-def require_checkpoint(path: str | Path, key: str, make_cmd: str, model_types: tuple[str, ...] = ("gpt2",)) -> Path:
-    """An HF checkpoint dir this pipeline can load: config.json (valid, known model_type), weights, tokenizer."""
-    path = Path(path)
-    fix = f"recreate it with `{make_cmd}` (add stage.overwrite=true if it reuses the broken one)"
-    if not (path / "config.json").is_file():
-        raise PipelineError(f"{key}={path} holds no checkpoint; create it with `{make_cmd}` (or point {key} at an "
-                            "existing checkpoint dir)")
-    try:
-        config = json.loads((path / "config.json").read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise PipelineError(f"{path / 'config.json'} ({key}) is not valid JSON (truncated or corrupt: "
-                            f"{first_line(err)}); {fix}") from None
-    model_type = config.get("model_type") if isinstance(config, dict) else None
-    if model_type not in model_types:
-        raise PipelineError(f"{path / 'config.json'} ({key}) has model_type {model_type!r}, which model.family=tiny "
-                            f"cannot load (it needs {', '.join(model_types)}); point {key} at a checkpoint written "
-                            f"by `{make_cmd}`")
-    weights = path / "model.safetensors"
-    if weights.is_file():
-        problem, _ = safetensors_problem(weights)
-        if problem:
-            raise PipelineError(f"{weights} ({key}) is unreadable: {problem}; {fix}")
-    elif not any((path / name).is_file() for name in ("model.safetensors.index.json", "pytorch_model.bin")):
-        raise PipelineError(f"{key}={path} holds a config.json but no weights (model.safetensors); {fix}")
-    if not (path / "tokenizer.json").is_file():
-        raise PipelineError(f"{key}={path} holds no tokenizer.json; {fix}")
-    return path
-
-
-def model_cmd(path: str | Path) -> str:
-    """The command that makes the checkpoint at `path`: a student is <student_dir>/merged (conf/model/student.yaml),
-    made by stage=distill; anything else comes from stage=teacher."""
-    return DISTILL_CMD if Path(path).name == "merged" else TEACHER_CMD
-
-
-def load_checkpoint(path: str | Path, key: str, make_cmd: str, **kwargs: Any):
-    """(adapter, tokenizer) of a checked checkpoint; anything the loaders raise becomes one line naming the dir."""
-    require_checkpoint(path, key, make_cmd)
-    from d3llm_pipeline.models.tiny import load_tiny_teacher  # (transformers: only once the files look sane)
-
-    try:
-        return load_tiny_teacher(path, **kwargs)
-    except PipelineError:
-        raise
-    except Exception as err:  # noqa: BLE001 - transformers / safetensors / tokenizers errors all mean "bad files"
-        raise PipelineError(f"cannot load the checkpoint {key}={path}: {type(err).__name__}: {first_line(err)}; "
-                            f"recreate it with `{make_cmd}` (stage.overwrite=true) or point {key} at another") from err
 
 
 def _arrow_problem(merged: Path) -> str | None:

@@ -17,9 +17,9 @@ from typing import Any
 from d3llm_pipeline.config.schema import ConfigError
 from d3llm_pipeline.models.families import dream, llada, tiny
 from d3llm_pipeline.models.families.base import DecodeDefaults, Family, SpecialIds
+from d3llm_pipeline.models.families.checkpoint import TEACHER_CMD
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (tiny.FAMILY, llada.FAMILY, dream.FAMILY)}
-TEACHER_CMD = "python -m d3llm_pipeline stage=teacher"  # what makes a tiny checkpoint (= stages.checks.TEACHER_CMD)
 
 __all__ = ["FAMILIES", "DecodeDefaults", "Family", "SpecialIds", "detect_family", "family_of", "get_family",
            "load_model"]

@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # owner/name, as on huggingface.co
 _MAX_HEADER = 100 * 2**20  # a safetensors header longer than this is garbage, not a header
 HEADROOM = 1.1  # weights + 10% for activations, the logits of a step and the allocator
+# The commands that make an artifact, named in the errors about a missing or broken one.
+TEACHER_CMD = "python -m d3llm_pipeline stage=teacher"
+DISTILL_CMD = "python -m d3llm_pipeline stage=distill"
+TRAJECTORY_CMD = "python -m d3llm_pipeline stage=trajectory"
 
 
 def hub_offline() -> bool:
@@ -219,3 +223,9 @@ def one_line_errors(load: Callable[[], Any], path: Path, key: str, fix: str) -> 
     except Exception as err:  # noqa: BLE001 - every loader error means "these files cannot be used"
         raise PipelineError(f"cannot load the checkpoint {key}={path}: {type(err).__name__}: {first_line(err)}; "
                             f"{fix}") from err
+
+
+def model_cmd(path: str | Path) -> str:
+    """The command that makes the checkpoint at `path`: a student is <student_dir>/merged (conf/model/student.yaml),
+    made by stage=distill; anything else comes from stage=teacher."""
+    return DISTILL_CMD if Path(path).name == "merged" else TEACHER_CMD
