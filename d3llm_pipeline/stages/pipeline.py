@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from d3llm_pipeline.config.schema import load_section
+from d3llm_pipeline.config.schema import ArithTaskConfig, ModelConfig, load_section
 from d3llm_pipeline.config.stage_schemas import PipelineStageConfig
 from d3llm_pipeline.reporting.aggregate import build_report, collect_runs, leaderboard, write_report
 from d3llm_pipeline.reporting.wandb_report import log_report
@@ -27,10 +27,37 @@ from d3llm_pipeline.stages.steps import run_step
 log = logging.getLogger(__name__)
 
 
+def check_teacher(cfg: DictConfig) -> None:
+    """A real family's teacher step: nothing to train, but model.path must hold a usable checkpoint."""
+    from d3llm_pipeline.stages.common import check_model
+
+    check_model(load_section(cfg.model, ModelConfig, "model"), load_section(cfg.task, ArithTaskConfig, "task"))
+    log.info("pipeline: model.family=%s, so the teacher step reuses the checkpoint at %s (stage=teacher trains "
+             "only the tiny family)", cfg.model.family, cfg.model.path)
+
+
+def sweep_model(cfg: DictConfig, model: str) -> list[str]:
+    """Overrides that select the teacher (`model` "tiny") or the merged student ("student") for a sweep.
+
+    Tiny: the model=tiny / model=student presets. A real family (an experiment's model section, applied after
+    any preset, so a preset cannot switch it): the teacher as configured; the student is the merged model
+    stage=distill wrote (`paths.student_dir/merged`, in the teacher's format), named `<teacher name>-student`.
+    """
+    if cfg.model.family == "tiny":
+        return [f"model={model}"]
+    if model == "tiny":  # the teacher (sweep dirs keep their tiny_<decoder> names)
+        return []
+    return [f"model.path={Path(cfg.paths.student_dir) / 'merged'}", f"model.name={cfg.model.name}-student"]
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     stage = load_section(cfg.stage, PipelineStageConfig, "stage")
     out_dir = Path(output_dir_of(cfg))
-    run_step(cfg, out_dir, "teacher", "stage=teacher")
+    tiny = cfg.model.family == "tiny"
+    if tiny:
+        run_step(cfg, out_dir, "teacher", "stage=teacher")
+    else:  # stage=teacher trains the tiny family only: a real family's teacher is the checkpoint at model.path
+        check_teacher(cfg)
     run_step(cfg, out_dir, "trajectory", "stage=trajectory")
     run_step(cfg, out_dir, "distill", "stage=distill")
     for model, decoders in (("tiny", stage.teacher_decoders), ("student", stage.student_decoders)):
@@ -38,8 +65,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             taus = [None] if decoder == "vanilla" else stage.thresholds  # vanilla has no threshold
             for i, tau in enumerate(taus):
                 extra = [] if tau is None else [f"decode.threshold={tau}"]
-                run_step(cfg, out_dir / "sweeps" / f"{model}_{decoder}", str(i), "stage=eval", f"model={model}",
-                         f"decode={decoder}", *extra)
+                run_step(cfg, out_dir / "sweeps" / f"{model}_{decoder}", str(i), "stage=eval",
+                         *sweep_model(cfg, model), f"decode={decoder}", *extra)
     runs, failed = collect_runs([out_dir / "sweeps"])
     report = build_report(runs)
     written = write_report(out_dir, report, failed)

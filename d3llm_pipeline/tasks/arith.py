@@ -212,6 +212,22 @@ def _ids(text: str, vocab: dict[str, int], what: str) -> list[int]:
         raise ValueError(f"unknown word {e.args[0]!r} in {what}: {text!r}") from None
 
 
+def special_id(tokenizer: PreTrainedTokenizerBase, vocab: dict[str, int], kind: str, word: str) -> int:
+    """The tokenizer's ``<kind>_token_id`` when it has one, else the id of the task's word (``[PAD]``, ``[EOS]``).
+
+    The task's own tokenizer has both and they agree; a real family's tokenizer names its specials its own way
+    (LLaDA / Dream: PAD == EOS, one id), so the tokenizer's declared ids win.
+    """
+    declared = getattr(tokenizer, f"{kind}_token_id", None)
+    return int(declared) if declared is not None else vocab[word]
+
+
+def chat_prompt(prompt: str, tokenizer: PreTrainedTokenizerBase) -> str:
+    """``prompt`` as one user turn through the tokenizer's chat template (generation prompt appended)."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
 def encode(
     problems: Sequence[Problem],
     tokenizer: PreTrainedTokenizerBase,
@@ -223,16 +239,19 @@ def encode(
     Prompts are right-padded with ``[PAD]``; responses are followed by ``[EOS]`` up to
     ``gen_length`` (always at least one). Words are looked up directly in the
     tokenizer's vocabulary (the tokenizer is whitespace/word-level, so the ids are the
-    same) to avoid per-call tokenizer overhead on 50k-problem splits.
+    same) to avoid per-call tokenizer overhead on 50k-problem splits. PAD / EOS are the
+    tokenizer's own ids (``special_id``; one shared id for LLaDA / Dream); a tokenizer
+    with a chat template gets each prompt as one user turn through it (``chat_prompt``).
     """
     import torch  # here, not at the top: config validation imports this module and must stay fast
 
     vocab = dict(tokenizer.get_vocab())
-    pad_id, eos_id = vocab[PAD], vocab[EOS]
+    pad_id, eos_id = special_id(tokenizer, vocab, "pad", PAD), special_id(tokenizer, vocab, "eos", EOS)
+    template = getattr(tokenizer, "chat_template", None)
     prompts: list[list[int]] = []
     responses: list[list[int]] = []
     for p in problems:
-        pi = _ids(p.prompt, vocab, "prompt")
+        pi = _ids(chat_prompt(p.prompt, tokenizer) if template else p.prompt, vocab, "prompt")
         ri = _ids(p.response, vocab, "response")
         if len(pi) > prompt_length:
             raise ValueError(f"prompt_length={prompt_length} too small for a {len(pi)}-token prompt")
@@ -260,11 +279,12 @@ def decode_response(ids: Sequence[int] | torch.Tensor, tokenizer: PreTrainedToke
     if hasattr(ids, "reshape"):  # a tensor (torch is imported lazily here)
         ids = ids.reshape(-1).tolist()
     tokens = tokenizer.convert_ids_to_tokens([int(i) for i in ids])
+    eos_id = special_id(tokenizer, dict(tokenizer.get_vocab()), "eos", EOS)
     words: list[str] = []
     for i, tok in zip(ids, tokens, strict=True):
         if tok is None:
             raise ValueError(f"token id {i} is outside the vocabulary")
-        if tok == EOS:
+        if int(i) == eos_id:  # by id: a real family's EOS is its own string (and PAD may share the id)
             break
         words.append(tok)
     return " ".join(words)

@@ -114,7 +114,8 @@ def load_tokenizer(path: Path):
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     try:
-        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+        # trust_remote_code=False: config.json's auto_map must not prompt (or run code) for a tokenizer
+        return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     except Exception as err:  # noqa: BLE001 - e.g. a tokenizer class that only exists in remote code
         if (path / "tokenizer.json").is_file():
             return PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)

@@ -1,0 +1,94 @@
+"""A word-level tokenizer for a real-family checkpoint that ships none (the official-format test fixtures).
+
+    python -m d3llm_pipeline.models.families.fixture_tokenizer /work/shared/fixtures/official/llada_tiny out/llada_tiny
+
+copies the checkpoint dir (`<src>` is never written) and writes into the copy a `tokenizers` WordLevel tokenizer
+(wrapped in PreTrainedTokenizerFast, like tasks/tokenizer.py) that holds the arith task's words plus the family's
+special tokens AT THE FAMILY'S IDS (config.json / families/base.py SpecialIds), inside the model's vocab size.
+Every other id gets a filler token `<|id_N|>`, so whatever a random-weight model generates decodes to some token
+(decode_response raises on ids outside the vocabulary) and never to an arith word.
+
+PAD: both official families use PAD == EOS, so the tokenizer's pad token is the EOS token (one id, one string).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from d3llm_pipeline.models.families import detect_family
+from d3llm_pipeline.tasks.arith import EOS, MASK, PAD, VOCAB
+
+# The official tokenizers' strings for the family's special ids (their tokenizer_config.json files).
+SPECIAL_NAMES = {
+    "llada": {"mask": "<|mdm_mask|>", "eos": "<|endoftext|>", "eot": "<|eot_id|>"},
+    "dream": {"mask": "<|mask|>", "eos": "<|endoftext|>", "eot": "<|im_end|>"},
+}
+
+
+def build_fixture_tokenizer(config: dict) -> PreTrainedTokenizerFast:
+    """The tokenizer for a checkpoint's config.json (a dict): arith words at ids 0.., specials at the family's ids."""
+    family = detect_family(config)
+    if family is None or family.name not in SPECIAL_NAMES:
+        raise ValueError(f"config.json model_type {config.get('model_type')!r} is not an official LLaDA / Dream one")
+    ids = family.special_ids(config)
+    if ids.pad != ids.eos:  # both official families share the id; a separate PAD would need its own string
+        raise ValueError(f"{family.name}: PAD {ids.pad} != EOS {ids.eos}; this helper assumes PAD == EOS")
+    names = SPECIAL_NAMES[family.name]
+    size = int(config["vocab_size"])
+    special = {names["mask"]: ids.mask, names["eos"]: ids.eos}
+    if ids.eot is not None:
+        special[names["eot"]] = ids.eot
+    if max(special.values()) >= size:
+        raise ValueError(f"special ids {special} do not fit vocab_size {size}")
+    vocab = dict(special)
+    words = [w for w in VOCAB if w not in (PAD, MASK, EOS)]  # the arith specials are the family's own tokens here
+    free = (i for i in range(size) if i not in special.values())
+    for word in words:
+        vocab[word] = next(free)
+    for i in free:
+        vocab[f"<|id_{i}|>"] = i
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=names["eos"]))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    extra = [names["eot"]] if ids.eot is not None else []
+    # No decoder / post-processor and no clean-up, as tasks/tokenizer.py: exact word round trips, no BOS/EOS added.
+    return PreTrainedTokenizerFast(tokenizer_object=core, mask_token=names["mask"], eos_token=names["eos"],
+                                   pad_token=names["eos"], additional_special_tokens=extra,
+                                   clean_up_tokenization_spaces=False)
+
+
+def prepare_fixture(src: str | Path, dst: str | Path, chat_template: str | None = None) -> Path:
+    """Copy checkpoint dir `src` to `dst` (replacing it) and save the fixture tokenizer into the copy.
+
+    `chat_template` (a Jinja string) is stored in tokenizer_config.json; the arith task then encodes prompts
+    through it (tasks/arith.py encode). The reference/ subdir (decode ground truth) is not copied.
+    """
+    src, dst = Path(src), Path(dst)
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("reference"))
+    for f in dst.iterdir():  # the shared fixture is read-only; the copy must be writable (reruns replace it)
+        f.chmod(0o644)
+    dst.chmod(0o755)
+    tok = build_fixture_tokenizer(json.loads((dst / "config.json").read_text()))
+    if chat_template is not None:
+        tok.chat_template = chat_template
+    tok.save_pretrained(str(dst))
+    return dst
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("src", help="official-format checkpoint dir without a tokenizer (read only)")
+    parser.add_argument("dst", help="where the copy with the tokenizer goes (replaced if it exists)")
+    args = parser.parse_args(argv)
+    print(prepare_fixture(args.src, args.dst))
+
+
+if __name__ == "__main__":
+    main()
