@@ -20,6 +20,19 @@ torch.set_num_threads(1)
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
+def official_fixtures() -> Path | None:
+    """The official-format fixture dir: $D3LLM_OFFICIAL_FIXTURES, or shared/ inside or next to the checkout (CI
+    lays a copy of shared/ beside its clone)."""
+    root = Path(__file__).resolve().parents[1]
+    candidates = [os.environ.get("D3LLM_OFFICIAL_FIXTURES", ""), root / "shared" / "fixtures" / "official",
+                  root.parent / "shared" / "fixtures" / "official"]
+    return next((Path(c) for c in candidates if c and (Path(c) / "llada_tiny" / "config.json").is_file()), None)
+
+
+OFFICIAL = official_fixtures()
+needs_official = pytest.mark.skipif(OFFICIAL is None, reason="official-format fixtures (shared/fixtures/official) absent")
+
+
 def compose_at(root: Path, *overrides: str):
     """The composed config of `python -m d3llm_pipeline <overrides>` run with `root` as paths.root_dir."""
     from hydra import compose, initialize_config_dir

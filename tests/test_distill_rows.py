@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from test_families import OFFICIAL
+from conftest import OFFICIAL
 from test_student_families import random_batch
 
 from d3llm_pipeline.config.schema import DistillConfig, DistillLossSection, LoraConfig

@@ -14,14 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_at
+from conftest import OFFICIAL, compose_at, needs_official
 from safetensors.torch import load_file, save_file
-from test_families import OFFICIAL
 
 from d3llm_pipeline.models.families import get_family, load_model
 from d3llm_pipeline.models.families.export import export_model, export_official
 
-pytestmark = pytest.mark.skipif(OFFICIAL is None, reason="official-format fixtures (shared/fixtures/official) absent")
+pytestmark = needs_official
 FAMS = ["llada", "dream"]
 
 

@@ -9,26 +9,14 @@ bool-mask logits_to_keep, and with eager attention. Batch 1 throughout: the voca
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
+from conftest import OFFICIAL, needs_official
 
 from d3llm_pipeline.config.schema import MODEL_FAMILIES
 from d3llm_pipeline.models.families import FAMILIES, family_of, get_family, load_model
 
-
-def official_fixtures() -> Path | None:
-    """The fixture dir: $D3LLM_OFFICIAL_FIXTURES, or shared/ inside or next to the checkout."""
-    root = Path(__file__).resolve().parents[1]
-    candidates = [os.environ.get("D3LLM_OFFICIAL_FIXTURES", ""), root / "shared" / "fixtures" / "official",
-                  root.parent / "shared" / "fixtures" / "official"]
-    return next((Path(c) for c in candidates if c and (Path(c) / "llada_tiny" / "config.json").is_file()), None)
-
-
-OFFICIAL = official_fixtures()
-pytestmark = pytest.mark.skipif(OFFICIAL is None, reason="official-format fixtures (shared/fixtures/official) absent")
+pytestmark = needs_official
 FAMS = ["llada", "dream"]
 INPUTS = ["masked", "half"]
 

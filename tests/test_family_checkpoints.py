@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_families import OFFICIAL
+from conftest import OFFICIAL, needs_official
 
 from d3llm_pipeline.config.schema import ConfigError, LoraConfig, ModelConfig, PipelineError
 from d3llm_pipeline.models.families import checkpoint, load_model
 
-pytestmark = pytest.mark.skipif(OFFICIAL is None, reason="official-format fixtures (shared/fixtures/official) absent")
+pytestmark = needs_official
 BLOCK = "model.transformer.blocks"
 
 

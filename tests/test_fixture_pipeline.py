@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import OFFICIAL, needs_official
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
-from test_families import OFFICIAL
 
 from d3llm_pipeline.models.families.fixture_tokenizer import build_fixture_tokenizer, prepare_fixture
 from d3llm_pipeline.stages import call_stage
@@ -22,7 +22,7 @@ from d3llm_pipeline.tasks import arith
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 STEPS = "stage.step_overrides={distill: ['stage.epochs=1', 'stage.batch_size=8', 'stage.warmup_steps=1']}"
-needs_fixtures = pytest.mark.skipif(OFFICIAL is None, reason="official-format fixtures (shared/fixtures/official) absent")
+needs_fixtures = needs_official
 
 
 def run_pipeline(root: Path, experiment: str, teacher: Path) -> dict:

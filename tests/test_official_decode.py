@@ -17,26 +17,15 @@ Every case at batch 1, and the 3 prompts of each (method, params) decoded togeth
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import OFFICIAL, needs_official
 
 from d3llm_pipeline.decoding import DecodeSpec, decode
 from d3llm_pipeline.models.families import load_model
 
-
-def official_fixtures() -> Path | None:
-    """The fixture dir: $D3LLM_OFFICIAL_FIXTURES, or shared/ inside or next to the checkout (as test_families)."""
-    root = Path(__file__).resolve().parents[1]
-    candidates = [os.environ.get("D3LLM_OFFICIAL_FIXTURES", ""), root / "shared" / "fixtures" / "official",
-                  root.parent / "shared" / "fixtures" / "official"]
-    return next((Path(c) for c in candidates if c and (Path(c) / "llada_tiny" / "config.json").is_file()), None)
-
-
-OFFICIAL = official_fixtures()
-pytestmark = pytest.mark.skipif(OFFICIAL is None, reason="official-format fixtures (shared/fixtures/official) absent")
+pytestmark = needs_official
 FAMS = ("llada", "dream")
 NEVER = 10000  # the official code's "off" for cache_delay_iter / refresh_interval
 

@@ -13,8 +13,8 @@ import json
 
 import pytest
 import torch
+from conftest import OFFICIAL, needs_official
 from safetensors.torch import load_file
-from test_families import OFFICIAL
 
 from d3llm_pipeline.config.schema import DistillConfig, LoraConfig
 from d3llm_pipeline.models.adapter import HFDiffusionAdapter
@@ -22,7 +22,7 @@ from d3llm_pipeline.models.families import family_of, load_model
 from d3llm_pipeline.models.lora import load_student_adapter, make_student, save_student
 from d3llm_pipeline.training.distill_module import DistillModule
 
-pytestmark = pytest.mark.skipif(OFFICIAL is None, reason="official-format fixtures (shared/fixtures/official) absent")
+pytestmark = needs_official
 FAMS = ["llada", "dream"]
 LORA = LoraConfig(r=4, alpha=8, dropout=0.0)  # schema-default targets -> the family's own preset names
 
