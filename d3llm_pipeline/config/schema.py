@@ -169,6 +169,7 @@ class ModelDecodeDefaults:
     null / absent: the embedded default of conf/decode/d3llm.yaml."""
 
     threshold: float | None = None  # τ
+    block_size: int | None = None  # every decoder (real models: 32, method.md §6)
     block_add_threshold: float | None = None  # A
     decoded_token_threshold: float | None = None  # D
     early_stop: bool | None = None

@@ -28,6 +28,7 @@ from d3llm_pipeline.config.schema import (
     load_section,
 )
 from d3llm_pipeline.config.stage_schemas import STAGE_SCHEMAS
+from d3llm_pipeline.config.task_schema import BenchmarkTaskConfig, load_task
 
 # trainer.* keys the training stages pass to lightning.Trainer themselves (a trainer.* value would clash with
 # them or silently fight them), each with the key to use instead. training/fit.py rejects them too.
@@ -53,10 +54,13 @@ _COUNT_TRAINER_KEYS = ("num_nodes", "log_every_n_steps", "accumulate_grad_batche
 _LOGGERS = ("csv", "wandb", "none")
 _WANDB_MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")  # what wandb.init accepts
 _SEED_MAX = 2**32 - 1  # numpy / Lightning accept seeds in [0, 2**32 - 1]
-# Config groups that every composed config holds, with their schema (None: checked below)
+# Config groups that every composed config holds, with their schema (None: checked below; the task's schema
+# depends on its kind: config/task_schema.py)
 SECTIONS: dict[str, type | None] = {"model": ModelConfig, "task": ArithTaskConfig, "decode": DecodeConfig,
                                     "distill": DistillConfig, "stage": None, "trainer": None, "logger": None,
                                     "paths": None}
+# Stages that run on a benchmark task (task.kind=benchmark); the others train or label on task=arith
+BENCHMARK_STAGES = ("eval", "report")
 # Top-level keys that are set by code, not by users: steps of stage=pipeline (output_dir), tests.
 _INTERNAL_KEYS = ("hydra", "output_dir", "pipeline_overrides")
 
@@ -163,7 +167,7 @@ def _check_paths(paths: dict[str, Any]) -> None:
         check(isinstance(value, str) and bool(value), f"paths.{key} must be a directory path, got {value!r}")
 
 
-def _check_cross(task: ArithTaskConfig, decode: DecodeConfig, distill: DistillConfig) -> None:
+def _check_cross(task: ArithTaskConfig | BenchmarkTaskConfig, decode: DecodeConfig, distill: DistillConfig) -> None:
     """Rules that span sections."""
     check(decode.gen_length == task.gen_length,
            f"decode.gen_length ({decode.gen_length}) must equal task.gen_length ({task.gen_length}): the task's "
@@ -180,10 +184,15 @@ def _check_cross(task: ArithTaskConfig, decode: DecodeConfig, distill: DistillCo
 def validate_config(cfg: DictConfig) -> None:
     """Raise a one-line ConfigError naming the first bad key of a composed config (and its fix)."""
     _check_top_level(cfg)
-    loaded = {key: load_section(cfg[key], schema, key) for key, schema in SECTIONS.items() if schema is not None}
+    loaded = {key: load_task(cfg[key]) if key == "task" else load_section(cfg[key], schema, key)
+              for key, schema in SECTIONS.items() if schema is not None}
     stage_name = _plain(cfg.stage, "name") if "name" in cfg.stage else None
     check(stage_name in STAGE_SCHEMAS,
            f"unknown stage {stage_name!r}; choose stage= one of: {', '.join(sorted(STAGE_SCHEMAS))}")
+    if isinstance(loaded["task"], BenchmarkTaskConfig):
+        check(stage_name in BENCHMARK_STAGES,
+               f"task={loaded['task'].name} is a benchmark, which stage={' or stage='.join(BENCHMARK_STAGES)} runs; "
+               f"stage={stage_name} trains or labels on the embedded task (task=arith)")
     load_section(cfg.stage, STAGE_SCHEMAS[stage_name], "stage")
     _check_trainer(_plain(cfg, "trainer"))
     _check_logger(_plain(cfg, "logger"))

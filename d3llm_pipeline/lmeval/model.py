@@ -75,7 +75,8 @@ class D3LLMEvalModel(LM):
     path, family, dtype and decode_defaults come from it; model_args win), family (default: detected from
     config.json; `lm=` objects without it count as tiny), dtype, device, decode (a conf/decode preset: vanilla |
     threshold | d3llm), any DecodeSpec knob by name (threshold, block_size, gen_length, kv_cache, ...),
-    batch_size, prompt_length (pad prompts on the right with PAD to this fixed length, the arith layout; default
+    spec (from Python: a whole DecodeSpec, used for every request as is; the eval stage passes its decode
+    section this way), batch_size, prompt_length (pad prompts on the right with PAD to this fixed length, the arith layout; default
     for family tiny: 24; unset for other families, or 0: prompts are left-padded per batch with an attention
     mask), threads, stats_path (write the per-request records as JSONL there after every generate_until call).
     """
@@ -84,7 +85,7 @@ class D3LLMEvalModel(LM):
                  device: str = "auto", decode: str = "threshold", batch_size: int | str = 16,
                  prompt_length: int | None = None, threads: int | None = None, stats_path: str | None = None,
                  attn_implementation: str | None = None, backend: str | None = None, preset: str | None = None,
-                 lm: Any = None, tokenizer: Any = None, **knobs: Any) -> None:
+                 lm: Any = None, tokenizer: Any = None, spec: DecodeSpec | None = None, **knobs: Any) -> None:
         super().__init__()
         if preset is None and pretrained is not None and str(pretrained).endswith((".yaml", ".yml")):
             preset, pretrained = pretrained, None  # pretrained=<a model preset YAML>
@@ -110,6 +111,8 @@ class D3LLMEvalModel(LM):
         self.decode_name = str(decode)
         # preset, then the user's knobs; validated by the same checks as the pipeline's decode section
         self.knobs = {**decode_knobs(self.decode_name, settings), **{k: _coerce(k, v) for k, v in knobs.items()}}
+        if spec is not None:  # a resolved spec (gen_length included) replaces the preset and the knobs
+            self.knobs = dataclasses.asdict(spec)
         self.batch_size = int(str(batch_size).split(":")[0]) if str(batch_size) != "auto" else 16
         if prompt_length is None and self.family == "tiny":
             prompt_length = 24  # the embedded teacher learned absolute positions with prompts padded to 24

@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig
 
 from d3llm_pipeline.config.schema import ArithTaskConfig, ConfigError, DecodeConfig, ModelConfig, load_section
+from d3llm_pipeline.config.task_schema import BenchmarkTaskConfig, load_task
 from d3llm_pipeline.decoding import DecodeSpec
 from d3llm_pipeline.decoding.spec import spec_from
 from d3llm_pipeline.runtime import configure_threads
@@ -61,20 +62,26 @@ def load_model(model: ModelConfig, device: str | torch.device = "cpu"):
         attn_implementation=model.attn_implementation, backend=model.backend)
 
 
-def check_fits(limit: int | None, task: ArithTaskConfig) -> None:
+def check_fits(limit: int | None, task: ArithTaskConfig | BenchmarkTaskConfig) -> None:
     """Learned absolute positions cannot extrapolate: prompt + generation must fit the model's `limit` positions.
 
-    (decode.gen_length == task.gen_length, a config-only rule, is checked with the rest of the config in
-    config/validate.py.)
+    (A benchmark's prompts vary: only its generation region is checked here. decode.gen_length ==
+    task.gen_length, a config-only rule, is checked with the rest of the config in config/validate.py.)
     """
-    if limit is not None and task.prompt_length + task.gen_length > limit:
+    if limit is None:
+        return
+    if isinstance(task, BenchmarkTaskConfig):
+        if task.gen_length >= limit:
+            raise ConfigError(f"task.gen_length = {task.gen_length} leaves no room for a prompt in the model's "
+                              f"{limit} positions; lower task.gen_length")
+    elif task.prompt_length + task.gen_length > limit:
         raise ConfigError(
             f"task.prompt_length + task.gen_length = {task.prompt_length + task.gen_length} exceeds the model's "
             f"{limit} positions; lower task.gen_length or retrain the teacher"
         )
 
 
-def check_model(model: ModelConfig, task: ArithTaskConfig) -> None:
+def check_model(model: ModelConfig, task: ArithTaskConfig | BenchmarkTaskConfig) -> None:
     """model.path holds a sane checkpoint whose positions fit the task, checked before anything is loaded."""
     from d3llm_pipeline.models.families import get_family
     from d3llm_pipeline.stages.checks import model_cmd
@@ -89,7 +96,7 @@ class DecodingRun:
     """What every stage that decodes with a model needs, validated and loaded."""
 
     stage: Any
-    task: ArithTaskConfig
+    task: ArithTaskConfig | BenchmarkTaskConfig
     decode: DecodeConfig
     model_cfg: ModelConfig
     threads: int
@@ -105,7 +112,7 @@ class DecodingRun:
 def prepare_decoding_run(cfg: DictConfig, stage_schema: type) -> DecodingRun:
     """Validate the stage/task/decode/model sections, check the model fits, seed + threads, load the model."""
     stage = load_section(cfg.stage, stage_schema, "stage")
-    task = load_section(cfg.task, ArithTaskConfig, "task")
+    task = load_task(cfg.task)
     dec = load_section(cfg.decode, DecodeConfig, "decode")
     model_cfg = load_section(cfg.model, ModelConfig, "model")
     check_model(model_cfg, task)

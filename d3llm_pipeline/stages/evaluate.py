@@ -2,6 +2,10 @@
 
     python -m d3llm_pipeline stage=eval decode=vanilla
     python -m d3llm_pipeline -m stage=eval decode=threshold decode.threshold=0.1,0.3,0.6,1.0,1.5
+    python -m d3llm_pipeline stage=eval model=d3llm_llada task=gsm8k_cot decode=d3llm   # a benchmark, via lm-eval
+
+The embedded task (task=arith) is decoded in-house (evaluation.py); a benchmark (task.kind=benchmark) runs through
+lm-eval with our decoders (stages/benchmark_eval.py). Both write the same files.
 
 TPF follows d3LLM: tokens before the first EOS (EOS and what follows are not counted), summed over samples,
 divided by forward passes summed over samples (forwards spent after the EOS do count).
@@ -19,6 +23,7 @@ from omegaconf import DictConfig
 
 from d3llm_pipeline import artifacts
 from d3llm_pipeline.config.stage_schemas import EvalStageConfig
+from d3llm_pipeline.config.task_schema import BenchmarkTaskConfig, load_task
 from d3llm_pipeline.evaluation import evaluate_problems
 from d3llm_pipeline.runtime import atomic_write_json, atomic_write_text, provenance
 from d3llm_pipeline.stages import output_dir_of
@@ -29,24 +34,43 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
+    task = load_task(cfg.task)
+    if isinstance(task, BenchmarkTaskConfig):  # data, few-shot split and code opt-in, before the model loads
+        from d3llm_pipeline.stages import benchmark_eval
+
+        setting = task.for_family(str(cfg.model.family))
+        benchmark_eval.check_data(task, setting)
     job = prepare_decoding_run(cfg, EvalStageConfig)
     stage, task, dec, model_cfg, spec = job.stage, job.task, job.decode, job.model_cfg, job.spec
     out_dir = Path(output_dir_of(cfg))
-    problems = task_splits(task)[stage.split]
-    if stage.limit is not None:
-        problems = problems[: stage.limit]
-    log.info("eval: %d %s problems, model=%s, decode=%s", len(problems), stage.split, model_cfg.name, asdict(spec))
-
-    records, summary = evaluate_problems(job.lm, job.tokenizer, problems, spec, task.prompt_length, dec.batch_size)
+    if isinstance(task, BenchmarkTaskConfig):
+        log.info("eval: %s (lm-eval task %s, %d-shot, chat template %s), model=%s, decode=%s", task.name,
+                 setting.lmeval_task, setting.num_fewshot, setting.apply_chat_template, model_cfg.name, asdict(spec))
+        model, results = benchmark_eval.run_lmeval(job, task, setting, stage.limit, int(cfg.seed))
+        records, summary = benchmark_eval.summarise(model, results, setting, task.metric)
+        task_info = {"name": task.name, "lmeval_task": setting.lmeval_task, "num_fewshot": setting.num_fewshot,
+                     "apply_chat_template": setting.apply_chat_template, "dataset": task.dataset,
+                     "data_files": task.data_files, "split": "test"}
+        tpf_note = benchmark_eval.TPF_NOTE
+    else:
+        problems = task_splits(task)[stage.split]
+        if stage.limit is not None:
+            problems = problems[: stage.limit]
+        log.info("eval: %d %s problems, model=%s, decode=%s", len(problems), stage.split, model_cfg.name, asdict(spec))
+        records, summary = evaluate_problems(job.lm, job.tokenizer, problems, spec, task.prompt_length,
+                                             dec.batch_size)
+        task_info = {"name": task.name, "split": stage.split, "seed": task.seed}
+        tpf_note = None
     metrics = {
         "stage": "eval",
         "model": {"name": model_cfg.name, "family": model_cfg.family, "path": model_cfg.path,
                   "fingerprint": artifacts.model_fingerprint(model_cfg.path)},
         "decoder": {"name": dec.name, **asdict(spec), "batch_size": dec.batch_size},
-        "task": {"name": task.name, "split": stage.split, "seed": task.seed},
+        "task": task_info,
         "device": str(job.device),
         **summary,
-        "tpf_definition": "sum(tokens before first EOS) / sum(forward passes), over samples (d3LLM)",
+        "tpf_definition": "sum(tokens before first EOS / stop string) / sum(forward passes), over samples (d3LLM)",
+        **({"tpf_note": tpf_note} if tpf_note else {}),
         **provenance(job.threads),
     }
     atomic_write_text(out_dir / "generations.jsonl", "".join(json.dumps(r) + "\n" for r in records))
@@ -63,5 +87,7 @@ def _log_to_wandb(cfg: DictConfig, metrics: dict[str, Any]) -> None:
     from d3llm_pipeline.training.loggers import init_wandb_run
 
     run = init_wandb_run(cfg, job_type="eval")
-    run.log({f"eval/{k}": metrics[k] for k in ("accuracy", "chain_accuracy", "tpf", "total_nfe", "tokens_per_s")})
+    keys = ("accuracy", "chain_accuracy", "tpf", "total_nfe", "tokens_per_s")
+    run.log({f"eval/{k}": metrics[k] for k in keys if k in metrics}
+            | {f"eval/{k}": v for k, v in (metrics.get("metrics") or {}).items()})
     run.summary.update({f"eval/{k}": metrics[k] for k in ("accuracy", "tpf")})

@@ -1,11 +1,13 @@
 """A word-level tokenizer for a real-family checkpoint that ships none (the official-format test fixtures).
 
     python -m d3llm_pipeline.models.families.fixture_tokenizer /work/shared/fixtures/official/llada_tiny out/llada_tiny
+    python -m d3llm_pipeline.models.families.fixture_tokenizer <src> <dst> --words-from gsm8k_test.jsonl
 
 copies the checkpoint dir (`<src>` is never written) and writes into the copy a `tokenizers` WordLevel tokenizer
 (wrapped in PreTrainedTokenizerFast, like tasks/tokenizer.py) that holds the arith task's words plus the family's
 special tokens AT THE FAMILY'S IDS (config.json / families/base.py SpecialIds), inside the model's vocab size.
-Every other id gets a filler token `<|id_N|>`, so whatever a random-weight model generates decodes to some token
+`--words-from <file>` adds every whitespace-separated word of a text / JSONL file (benchmark prompts, so they
+encode to words rather than to the unknown token, which is EOS). Every other id gets a filler token `<|id_N|>`, so whatever a random-weight model generates decodes to some token
 (decode_response raises on ids outside the vocabulary) and never to an arith word.
 
 PAD: both official families use PAD == EOS, so the tokenizer's pad token is the EOS token (one id, one string).
@@ -31,7 +33,7 @@ SPECIAL_NAMES = {
 }
 
 
-def build_fixture_tokenizer(config: dict) -> PreTrainedTokenizerFast:
+def build_fixture_tokenizer(config: dict, extra_words: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
     """The tokenizer for a checkpoint's config.json (a dict): arith words at ids 0.., specials at the family's ids."""
     family = detect_family(config)
     if family is None or family.name not in SPECIAL_NAMES:
@@ -48,6 +50,9 @@ def build_fixture_tokenizer(config: dict) -> PreTrainedTokenizerFast:
         raise ValueError(f"special ids {special} do not fit vocab_size {size}")
     vocab = dict(special)
     words = [w for w in VOCAB if w not in (PAD, MASK, EOS)]  # the arith specials are the family's own tokens here
+    words += sorted({w for w in extra_words if w not in special and w not in words})
+    if len(words) + len(special) > size:
+        raise ValueError(f"{len(words)} words and {len(special)} special tokens do not fit vocab_size {size}")
     free = (i for i in range(size) if i not in special.values())
     for word in words:
         vocab[word] = next(free)
@@ -62,7 +67,17 @@ def build_fixture_tokenizer(config: dict) -> PreTrainedTokenizerFast:
                                    clean_up_tokenization_spaces=False)
 
 
-def prepare_fixture(src: str | Path, dst: str | Path, chat_template: str | None = None) -> Path:
+def words_of(path: str | Path) -> tuple[str, ...]:
+    """Every whitespace-separated word of a text file (for JSONL: of its rows' string values, decoded)."""
+    text = Path(path).read_text(encoding="utf-8")
+    if Path(path).suffix == ".jsonl":
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        text = " ".join(str(v) for row in rows for v in row.values())
+    return tuple(text.split())
+
+
+def prepare_fixture(src: str | Path, dst: str | Path, chat_template: str | None = None,
+                    extra_words: tuple[str, ...] = ()) -> Path:
     """Copy checkpoint dir `src` to `dst` (replacing it) and save the fixture tokenizer into the copy.
 
     `chat_template` (a Jinja string) is stored in tokenizer_config.json; the arith task then encodes prompts
@@ -75,7 +90,7 @@ def prepare_fixture(src: str | Path, dst: str | Path, chat_template: str | None 
     for f in dst.iterdir():  # the shared fixture is read-only; the copy must be writable (reruns replace it)
         f.chmod(0o644)
     dst.chmod(0o755)
-    tok = build_fixture_tokenizer(json.loads((dst / "config.json").read_text()))
+    tok = build_fixture_tokenizer(json.loads((dst / "config.json").read_text()), extra_words)
     if chat_template is not None:
         tok.chat_template = chat_template
     tok.save_pretrained(str(dst))
@@ -86,8 +101,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("src", help="official-format checkpoint dir without a tokenizer (read only)")
     parser.add_argument("dst", help="where the copy with the tokenizer goes (replaced if it exists)")
+    parser.add_argument("--words-from", action="append", default=[], metavar="FILE",
+                        help="also add every word of this text / JSONL file (repeatable)")
     args = parser.parse_args(argv)
-    print(prepare_fixture(args.src, args.dst))
+    words = tuple(w for f in args.words_from for w in words_of(f))
+    print(prepare_fixture(args.src, args.dst, extra_words=words))
 
 
 if __name__ == "__main__":
