@@ -1,5 +1,6 @@
-"""The `task` group's two kinds: the embedded arith task (config/schema.py ArithTaskConfig) and a benchmark run
-through lm-eval (BenchmarkTaskConfig, conf/task/{gsm8k_cot,math,humaneval,mbpp,long_gsm8k}.yaml).
+"""The `task` group's kinds: the embedded arith task (config/schema.py ArithTaskConfig), a benchmark run through
+lm-eval (BenchmarkTaskConfig, conf/task/{gsm8k_cot,math,humaneval,mbpp,long_gsm8k}.yaml) and a prompt set that
+stage=trajectory labels for distillation (PromptSetTaskConfig, conf/task/{dparallel_prompts,gsm8k_prompts}.yaml).
 
     task = load_task(cfg.task)                    # ArithTaskConfig or BenchmarkTaskConfig, by task.kind
     setting = task.for_family("llada")            # lm-eval task, shots, chat template for that model family
@@ -18,7 +19,7 @@ from omegaconf import DictConfig
 
 from d3llm_pipeline.config.schema import ArithTaskConfig, check, load_section
 
-KINDS = ("arith", "benchmark")
+KINDS = ("arith", "benchmark", "prompts")
 
 
 @dataclass
@@ -82,14 +83,50 @@ class BenchmarkTaskConfig:
         return BenchmarkSetting(task, int(pick("num_fewshot", 0)), bool(pick("apply_chat_template", False)))
 
 
+@dataclass
+class PromptSetTaskConfig:
+    """Questions + ground-truth answers for the teacher to label (method.md §1.1; tasks/prompt_sets.py)."""
+
+    kind: str = "prompts"
+    name: str = "prompts"
+    source: str = ""  # a Hub dataset id (its cache offline), or the name shown for task.data_files
+    config: str | None = None  # the Hub dataset's config (gsm8k: main)
+    split: str = "train"
+    data_files: Any = None  # a local copy: <file of the split> or {split: file}
+    question_field: str = "question"
+    answer_field: str = "gt_answer"
+    answer_format: str = "boxed"  # boxed (method.md §1.3) | gsm8k ("#### N") | none (keep every sample)
+    chat_template: bool | None = None  # null: the family's (families.<family>.chat_template, else false)
+    prompt_length: int = 256  # prompts are left-padded (or cut from the left) to this many tokens
+    gen_length: int = 256
+    families: dict[str, dict[str, bool]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from d3llm_pipeline.tasks.prompt_sets import ANSWER_FORMATS
+
+        check(self.kind == "prompts", f"task.kind must be prompts here, got {self.kind!r}")
+        check(bool(self.source) or self.data_files is not None,
+               "task.source must name a Hub dataset (e.g. Zigeng/dParallel_LLaDA_Distill_Data) or task.data_files "
+               "a local copy")
+        check(self.answer_format in ANSWER_FORMATS,
+               f"task.answer_format must be one of {', '.join(ANSWER_FORMATS)}, got {self.answer_format!r}")
+        check(self.prompt_length >= 1 and self.gen_length >= 1,
+               f"task.prompt_length and task.gen_length must be >= 1, got {self.prompt_length}, {self.gen_length}")
+
+    def chat_for(self, family: str) -> bool:
+        if self.chat_template is not None:
+            return self.chat_template
+        return bool(self.families.get(family, {}).get("chat_template", False))
+
+
 def task_schema(section: DictConfig | dict[str, Any]) -> type:
     """The schema of a task section, chosen by its `kind` (arith when absent)."""
     kind = section.get("kind", "arith") if section is not None else "arith"
     check(kind in KINDS, f"task.kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    return BenchmarkTaskConfig if kind == "benchmark" else ArithTaskConfig
+    return {"benchmark": BenchmarkTaskConfig, "prompts": PromptSetTaskConfig}.get(kind, ArithTaskConfig)
 
 
-def load_task(section: DictConfig | dict[str, Any]) -> ArithTaskConfig | BenchmarkTaskConfig:
+def load_task(section: DictConfig | dict[str, Any]) -> ArithTaskConfig | BenchmarkTaskConfig | PromptSetTaskConfig:
     return load_section(section, task_schema(section), "task")
 
 

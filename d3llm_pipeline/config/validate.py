@@ -28,7 +28,7 @@ from d3llm_pipeline.config.schema import (
     load_section,
 )
 from d3llm_pipeline.config.stage_schemas import STAGE_SCHEMAS
-from d3llm_pipeline.config.task_schema import BenchmarkTaskConfig, load_task
+from d3llm_pipeline.config.task_schema import BenchmarkTaskConfig, PromptSetTaskConfig, load_task
 
 # trainer.* keys the training stages pass to lightning.Trainer themselves (a trainer.* value would clash with
 # them or silently fight them), each with the key to use instead. training/fit.py rejects them too.
@@ -59,8 +59,9 @@ _SEED_MAX = 2**32 - 1  # numpy / Lightning accept seeds in [0, 2**32 - 1]
 SECTIONS: dict[str, type | None] = {"model": ModelConfig, "task": ArithTaskConfig, "decode": DecodeConfig,
                                     "distill": DistillConfig, "stage": None, "trainer": None, "logger": None,
                                     "paths": None}
-# Stages that run on a benchmark task (task.kind=benchmark); the others train or label on task=arith
+# Stages that run on a benchmark task (task.kind=benchmark) / a prompt set (task.kind=prompts)
 BENCHMARK_STAGES = ("eval", "report")
+PROMPT_SET_STAGES = ("trajectory", "distill", "report")
 # Top-level keys that are set by code, not by users: steps of stage=pipeline (output_dir), tests.
 _INTERNAL_KEYS = ("hydra", "output_dir", "pipeline_overrides")
 
@@ -167,7 +168,7 @@ def _check_paths(paths: dict[str, Any]) -> None:
         check(isinstance(value, str) and bool(value), f"paths.{key} must be a directory path, got {value!r}")
 
 
-def _check_cross(task: ArithTaskConfig | BenchmarkTaskConfig, decode: DecodeConfig, distill: DistillConfig) -> None:
+def _check_cross(task: ArithTaskConfig | BenchmarkTaskConfig | PromptSetTaskConfig, decode: DecodeConfig, distill: DistillConfig) -> None:
     """Rules that span sections."""
     check(decode.gen_length == task.gen_length,
            f"decode.gen_length ({decode.gen_length}) must equal task.gen_length ({task.gen_length}): the task's "
@@ -193,6 +194,10 @@ def validate_config(cfg: DictConfig) -> None:
         check(stage_name in BENCHMARK_STAGES,
                f"task={loaded['task'].name} is a benchmark, which stage={' or stage='.join(BENCHMARK_STAGES)} runs; "
                f"stage={stage_name} trains or labels on the embedded task (task=arith)")
+    if isinstance(loaded["task"], PromptSetTaskConfig):
+        check(stage_name in PROMPT_SET_STAGES,
+               f"task={loaded['task'].name} is a prompt set, which stage={' or stage='.join(PROMPT_SET_STAGES)} "
+               f"uses; evaluate on a benchmark (task=gsm8k_cot, ...) or the embedded task (task=arith)")
     load_section(cfg.stage, STAGE_SCHEMAS[stage_name], "stage")
     _check_trainer(_plain(cfg, "trainer"))
     _check_logger(_plain(cfg, "logger"))

@@ -30,6 +30,7 @@ from omegaconf import DictConfig
 from d3llm_pipeline import artifacts
 from d3llm_pipeline.config.schema import ArithTaskConfig, DecodeConfig, DistillConfig, load_section
 from d3llm_pipeline.config.stage_schemas import DistillStageConfig
+from d3llm_pipeline.config.task_schema import PromptSetTaskConfig, load_task
 from d3llm_pipeline.models.lora import make_student, save_student
 from d3llm_pipeline.runtime import atomic_write_json, provenance
 from d3llm_pipeline.stages import output_dir_of
@@ -67,7 +68,7 @@ def _world_size(cfg: DictConfig) -> int:
 def run(cfg: DictConfig) -> dict[str, Any]:
     stage = load_section(cfg.stage, DistillStageConfig, "stage")
     distill = load_section(cfg.distill, DistillConfig, "distill")
-    task = load_section(cfg.task, ArithTaskConfig, "task")
+    task = load_task(cfg.task)
     val_decode = load_section(cfg.decode, DecodeConfig, "decode")
     threads = setup_run(cfg)
     out_dir = Path(stage.out_dir)
@@ -83,8 +84,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         return _distill(cfg, stage, distill, task, val_decode, threads, out_dir, identity)
 
 
-def _distill(cfg: DictConfig, stage: DistillStageConfig, distill: DistillConfig, task: ArithTaskConfig,
-             val_decode: DecodeConfig, threads: int, out_dir: Path, identity: dict[str, Any]) -> dict[str, Any]:
+def _distill(cfg: DictConfig, stage: DistillStageConfig, distill: DistillConfig,
+             task: ArithTaskConfig | PromptSetTaskConfig, val_decode: DecodeConfig, threads: int, out_dir: Path,
+             identity: dict[str, Any]) -> dict[str, Any]:
     ckpt_dir = out_dir.with_name(out_dir.name + ".lightning")
     if stage.overwrite:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
@@ -100,8 +102,13 @@ def _distill(cfg: DictConfig, stage: DistillStageConfig, distill: DistillConfig,
                              distill.only_correct, stage.epochs)
     steps_per_epoch = data.prepare(_world_size(cfg))
     max_steps = stage.epochs * steps_per_epoch
-    val_problems = task_splits(task)["validation"][: stage.val_problems]
-    evaluator = validation_evaluator(tokenizer, val_problems, val_decode, task.prompt_length)
+    evaluator = None  # a prompt set (task.kind=prompts) has no graded split to validate on: evaluate afterwards
+    if isinstance(task, ArithTaskConfig):
+        val_problems = task_splits(task)["validation"][: stage.val_problems]
+        evaluator = validation_evaluator(tokenizer, val_problems, val_decode, task.prompt_length)
+    else:
+        log.info("distill: task=%s is a prompt set; no validation during training (evaluate the student with "
+                 "stage=eval task=<benchmark>)", task.name)
     module = DistillModule(student, distill, lr=stage.lr, weight_decay=stage.weight_decay,
                            warmup_steps=stage.warmup_steps, max_steps=max_steps, min_lr_ratio=stage.min_lr_ratio,
                            seed=int(cfg.seed), val_every=stage.val_every, evaluator=evaluator)

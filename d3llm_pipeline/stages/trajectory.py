@@ -3,6 +3,11 @@
     python -m d3llm_pipeline stage=trajectory                                   # default: 1 token / forward
     python -m d3llm_pipeline -m stage=trajectory stage.num_shards=2 stage.shard=0,1 hydra/launcher=joblib
     python -m d3llm_pipeline stage=trajectory_merge                             # after a sharded run
+    python -m d3llm_pipeline stage=trajectory model=llada_8b_instruct task=dparallel_prompts   # a real prompt set
+
+The prompts come from the task: the embedded task's `stage.split`, or a prompt set (task.kind=prompts: its
+`task.split` of a Hub dataset or `task.data_files`, tasks/prompt_sets.py), labelled and graded by
+trajectories/labels.py.
 
 Per sample we keep the teacher's final response and, per response position, the forward pass that revealed it
 (`unmask_step`, relative to the response start), plus the grade, the forwards and the attempt used. Work is
@@ -16,64 +21,29 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from d3llm_pipeline import artifacts
 from d3llm_pipeline.config.schema import ArithTaskConfig, ModelConfig, load_section
 from d3llm_pipeline.config.stage_schemas import TrajectoryStageConfig
-from d3llm_pipeline.decoding import DecodeSpec, decode
+from d3llm_pipeline.config.task_schema import PromptSetTaskConfig
+from d3llm_pipeline.decoding import DecodeSpec
 from d3llm_pipeline.runtime import atomic_write_json, provenance
 from d3llm_pipeline.stages import output_dir_of
 from d3llm_pipeline.stages.checks import require_writable
 from d3llm_pipeline.stages.common import prepare_decoding_run, task_splits
-from d3llm_pipeline.tasks import arith
 from d3llm_pipeline.trajectories import store
+from d3llm_pipeline.trajectories.labels import LabelSet, arith_labels, label, prompt_set_labels
 
 log = logging.getLogger(__name__)
 
 
-@torch.no_grad()
-def label_problems(lm, tokenizer, problems: list[arith.Problem], sample_ids: list[int], spec: DecodeSpec,
-                   temperatures: list[float], prompt_length: int, batch_size: int) -> list[dict[str, Any]]:
-    """Decode every problem; re-decode the incorrect ones at the next temperature (d3LLM's retries).
-
-    The last attempt is kept whether or not it is correct, with its attempt index and temperature.
-    """
-    device = next(lm.parameters()).device
-    prompts, references = arith.encode(problems, tokenizer, prompt_length, spec.gen_length)
-    rows: list[dict[str, Any] | None] = [None] * len(problems)
-    todo = list(range(len(problems)))
-    for attempt, temperature in enumerate(temperatures):
-        attempt_spec = replace(spec, temperature=temperature)
-        for lo in range(0, len(todo), batch_size):
-            idx = todo[lo : lo + batch_size]
-            keys = torch.tensor([sample_ids[i] for i in idx])
-            result = decode(lm, prompts[idx].to(device), attempt_spec, sample_keys=keys)
-            gen, steps = result.sequences[:, prompt_length:].cpu(), result.unmask_step.cpu()
-            for j, i in enumerate(idx):
-                text = arith.decode_response(gen[j], tokenizer)
-                predicted = arith.extract_answer(text)
-                rows[i] = {
-                    "sample_id": sample_ids[i], "prompt_ids": prompts[i].tolist(), "response_ids": gen[j].tolist(),
-                    "unmask_step": steps[j].tolist(), "reference_ids": references[i].tolist(),
-                    "nfe": int(result.nfe[j]), "answer": str(problems[i].answer),
-                    "predicted": None if predicted is None else str(predicted),
-                    "is_correct": predicted == problems[i].answer, "text": text, "temperature": temperature,
-                    "attempt": attempt,
-                }
-        todo = [i for i in todo if not rows[i]["is_correct"]]
-        if not todo:
-            break
-    return rows  # type: ignore[return-value]
-
-
-def _run_fingerprint(model_cfg: ModelConfig, task: ArithTaskConfig, spec: DecodeSpec,
+def _run_fingerprint(model_cfg: ModelConfig, task: ArithTaskConfig | PromptSetTaskConfig, spec: DecodeSpec,
                      stage: TrajectoryStageConfig) -> dict[str, Any]:
     """Everything that changes a row's content (not the shard / chunk layout)."""
     weights = sorted(Path(model_cfg.path).glob("*.safetensors"))
@@ -98,13 +68,13 @@ def _run_fingerprint(model_cfg: ModelConfig, task: ArithTaskConfig, spec: Decode
 def run(cfg: DictConfig) -> dict[str, Any]:
     job = prepare_decoding_run(cfg, TrajectoryStageConfig)  # checks model.path, then loads it
     stage, task, dec, model_cfg, spec = job.stage, job.task, job.decode, job.model_cfg, job.spec
-    lm, tokenizer, threads = job.lm, job.tokenizer, job.threads
+    lm, threads = job.lm, job.threads
     # ~4 int32 columns of prompt + generation per row, written twice (chunks + merged)
     need = 2 * 16 * stage.n_prompts * (task.prompt_length + task.gen_length)
     require_writable(stage.out_dir, "stage.out_dir", need_bytes=need)
 
-    problems = task_splits(task)[stage.split][: stage.n_prompts]
-    n = len(problems)
+    labels = _labels(job, stage)
+    n = len(labels)
     start, end = store.shard_range(n, stage.shard, stage.num_shards)
     layout = store.chunk_layout(start, end, stage.chunk_size)
     out_dir = Path(stage.out_dir)
@@ -126,8 +96,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                dynamic_ncols=True)
     tic = time.perf_counter()
     for chunk, (lo, hi) in pending:
-        rows = label_problems(lm, tokenizer, problems[lo:hi], list(range(lo, hi)), spec, list(stage.temperatures),
-                              task.prompt_length, dec.batch_size)
+        rows = label(lm, labels, range(lo, hi), list(range(lo, hi)), spec, stage.temperatures, dec.batch_size)
         store.write_chunk(directory, chunk, rows, fp, (lo, hi))
         bar.update(hi - lo)
     bar.close()
@@ -138,7 +107,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "stage": "trajectory", "out_dir": str(out_dir), "shard": stage.shard, "num_shards": stage.num_shards,
         "samples": len(shard), "labelled_now": n_pending, "resumed_chunks": len(layout) - len(pending),
         "correct_fraction": sum(shard["is_correct"]) / max(1, len(shard)),
-        "mean_nfe": sum(shard["nfe"]) / max(1, len(shard)),
+        "mean_nfe": sum(shard["nfe"]) / max(1, len(shard)), "prompts_truncated": labels.truncated,
         "samples_per_s": n_pending / wall if n_pending and wall > 0 else None, "wall_s": round(wall, 2),
         "fingerprint": fp, "decode": asdict(spec), "temperatures": list(stage.temperatures),
         **provenance(threads),
@@ -151,6 +120,25 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     log.info("trajectory: %d samples (%d new, %s), %.1f%% correct, %.1f forwards/sample -> %s", len(shard), n_pending,
              rate, 100 * summary["correct_fraction"], summary["mean_nfe"], directory)
     return summary
+
+
+def _labels(job, stage: TrajectoryStageConfig) -> LabelSet:
+    """The prompts to label: the embedded task's `stage.split`, or the first `stage.n_prompts` of a prompt set."""
+    task, lm = job.task, job.lm
+    if isinstance(task, PromptSetTaskConfig):
+        from d3llm_pipeline.tasks.prompt_sets import load_prompt_rows
+
+        rows = load_prompt_rows(task)
+        rows = rows.select(range(min(stage.n_prompts, len(rows))))
+        labels = prompt_set_labels(rows, task, job.tokenizer, lm.pad_token_id, lm.eos_token_id,
+                                   task.chat_for(job.model_cfg.family))
+        if labels.truncated:
+            log.warning("trajectory: %d of %d prompts are longer than task.prompt_length=%d and keep their last "
+                        "%d tokens; raise task.prompt_length to keep them whole", labels.truncated, len(labels),
+                        task.prompt_length, task.prompt_length)
+        return labels
+    problems = task_splits(task)[stage.split][: stage.n_prompts]
+    return arith_labels(problems, job.tokenizer, task.prompt_length, task.gen_length)
 
 
 def run_merge(cfg: DictConfig) -> dict[str, Any]:

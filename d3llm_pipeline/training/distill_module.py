@@ -27,6 +27,7 @@ from d3llm_pipeline.objectives.distill_masking import (
     trajectory_masks,
 )
 from d3llm_pipeline.objectives.schedules import lr_multiplier, sample_mask_ratio
+from d3llm_pipeline.tasks.prompt_sets import prompt_attention
 
 
 class DistillModule(L.LightningModule):
@@ -80,17 +81,23 @@ class DistillModule(L.LightningModule):
         primary_full = torch.cat([no_prompt, primary], dim=1)
         complement_full = torch.cat([no_prompt, complement], dim=1)
         full_targets = torch.cat([prompt, targets], dim=1)
+        # Left-padded prompts (real prompt sets, tasks/prompt_sets.py) keep their pads out of attention, as when the
+        # teacher labelled them; None (nothing left-padded) attends everywhere as before.
+        attention = prompt_attention(prompt, self.student.pad_token_id)  # (B, P) bool or None
+        if attention is not None:
+            attention = torch.cat([attention, torch.ones_like(targets, dtype=torch.bool)], dim=1).long()  # (B, P+G)
         # Logits only at the masked positions every term reads (keep): (N, V) rows instead of (2B, L, V) at a
         # 126k-152k vocabulary. The rows come in row-major order of the True entries, so the primary rows
         # (first B input rows) precede the complementary ones.
         if self.loss_cfg.complementary:
             both = torch.cat([inputs, apply_masks(prompt, targets, complement, mask_id)])  # (2B, P+G)
             keep = torch.cat([primary_full, complement_full])  # (2B, P+G)
-            rows = self.student.logits(both, keep=keep)  # (N + N', V)
+            both_attention = torch.cat([attention, attention]) if attention is not None else None
+            rows = self.student.logits(both, both_attention, keep=keep)  # (N + N', V)
             n_primary = int(primary_full.sum())
             rows, rows_comp = rows[:n_primary], rows[n_primary:]
         else:
-            rows, rows_comp = self.student.logits(inputs, keep=primary_full), None
+            rows, rows_comp = self.student.logits(inputs, attention, keep=primary_full), None
         terms = distill_loss_rows(rows, rows_comp, full_targets[primary_full], full_targets[complement_full],
                                   self.loss_cfg)
         return terms, ratio, fallback
