@@ -260,3 +260,23 @@ def test_a_metric_the_task_lacks_fails_before_the_model_loads(tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == (
         "error: task.metric='acc' is not a metric of lm-eval task d3llm_gsm8k_cot_zeroshot; it reports "
         "strict_match, flexible_extract")
+
+
+def test_a_report_over_several_tasks_scores_each_against_its_own_best():
+    """`-m task=gsm8k_cot,math ...`: curves per task, each AUP against that task's best accuracy (y_max)."""
+    from d3llm_pipeline.reporting.aggregate import build_report
+    from d3llm_pipeline.reporting.aup import aup
+
+    def run(task, tpf, acc, th):
+        return {"task": {"name": task}, "model": {"name": "m"}, "decoder": {"name": "d3llm", "threshold": th},
+                "tpf": tpf, "accuracy": acc, "run_dir": f"{task}/{th}"}
+
+    runs = [run("gsm8k_cot", 2.0, 0.8, 0.3), run("gsm8k_cot", 4.0, 0.7, 0.6),
+            run("math", 2.0, 0.3, 0.3), run("math", 3.0, 0.2, 0.6)]
+    report = build_report(runs)
+    curves = {c["task"]: c for c in report["curves"]}
+    assert set(curves) == {"gsm8k_cot", "math"} and curves["math"]["model"] == "math: m"
+    assert curves["math"]["y_max"] == pytest.approx(30.0) and curves["gsm8k_cot"]["y_max"] == pytest.approx(80.0)
+    assert curves["math"]["aup"] == pytest.approx(aup([(2.0, 30.0), (3.0, 20.0)], 30.0))
+    single = build_report(runs[:2])["curves"][0]
+    assert single["model"] == "m" and single["aup"] == pytest.approx(curves["gsm8k_cot"]["aup"])

@@ -55,27 +55,38 @@ def curve_label(run: dict[str, Any]) -> tuple[str, str]:
     return run["model"]["name"], decoder.get("name", decoder.get("rule", "?"))
 
 
+def task_of(run: dict[str, Any]) -> str:
+    return str((run.get("task") or {}).get("name", "arith"))
+
+
 def build_report(runs: list[dict[str, Any]], y_max: float | None = None) -> dict[str, Any]:
-    """AUP per (model, decoder) curve; y_max defaults to the best accuracy of all runs (in percent)."""
-    grouped: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    """AUP per (model, decoder) curve; y_max defaults to the best accuracy of all runs (in percent).
+
+    Runs of several tasks (e.g. `-m task=gsm8k_cot,math`) get curves per task, each against its own task's best
+    accuracy, and the task in the curve's model label.
+    """
+    grouped: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
-        grouped[curve_label(run)].append(run)
+        grouped[(task_of(run), *curve_label(run))].append(run)
     if not grouped:
         return {"y_max": None, "curves": []}
-    best = max(100.0 * run["accuracy"] for run in runs)
-    y_max = best if y_max is None else y_max
+    tasks = sorted({task for task, _, _ in grouped})
+    best = {t: max(100.0 * run["accuracy"] for run in runs if task_of(run) == t) for t in tasks}
     curves = []
-    for (model, decoder), members in sorted(grouped.items()):
+    for (task, model, decoder), members in sorted(grouped.items()):
+        task_y_max = best[task] if y_max is None else y_max
         points = sorted((run["tpf"], 100.0 * run["accuracy"], run["decoder"].get("threshold"), run["run_dir"])
                         for run in members)
         # A job that generated nothing (TPF 0, e.g. an untrained model) has no place on a TPF axis; with every
         # method at 0% the area is 0 (W(y) is undefined for y_max = 0).
         pairs = [(tpf, acc) for tpf, acc, _, _ in points if tpf > 0]
-        area = aup(pairs, y_max) if pairs and y_max > 0 else 0.0
+        area = aup(pairs, task_y_max) if pairs and task_y_max > 0 else 0.0
         curves.append({
-            "model": model, "decoder": decoder, "aup": area, "points_kept": len(kept_points(pairs)) if pairs else 0,
+            "model": model if len(tasks) == 1 else f"{task}: {model}", "decoder": decoder, "task": task,
+            "aup": area, "y_max": task_y_max, "points_kept": len(kept_points(pairs)) if pairs else 0,
             "points": [{"tpf": t, "accuracy": a, "threshold": th, "run_dir": d} for t, a, th, d in points],
         })
+    y_max = max(best.values()) if y_max is None else y_max
     curves.sort(key=lambda c: -c["aup"])
     return {"y_max": y_max, "curves": curves}
 
