@@ -56,17 +56,50 @@ def test_table_matches_hand_computed_values(tmp_path):
     assert rows["dparallel"]["delta_aup"] == pytest.approx(100.0 * (450.0 - 960.0) / 960.0)  # ...and compares
 
     table = markdown_table(list(rows.values()), 0.5, report["y_max"]).splitlines()
-    assert table[0].startswith("| variant | what changed | accuracy (%) @ τ=0.5 | TPF @ τ=0.5 |")
-    assert table[2] == "| full | reference | 96.0 | 8.00 | 100 | 960.0 | (ref) | (ref) | (ref) |"
-    assert table[3] == "| random_masking | random masks | 96.0 | 6.00 | 75 | 576.0 | -25.0% | -25.0% | -40.0% |"
-    assert table[4] == "| single_block | one block | 90.0 | 10.00 | 130 | 974.6 | +25.0% | +30.0% | +1.5% |"
-    assert table[5] == "| dparallel | dParallel | n/a | n/a | n/a | 450.0 | n/a | n/a | -53.1% |"
+    assert table[0].startswith("| variant | what changed | seeds | accuracy (%) @ τ=0.5 | TPF @ τ=0.5 |")
+    assert table[2] == "| full | reference | 1 | 96.0 | 8.00 | 100 | 960.0 | (ref) | (ref) | (ref) |  |"
+    assert table[3] == ("| random_masking | random masks | 1 | 96.0 | 6.00 | 75 | 576.0 | -25.0% | -25.0% | -40.0% | "
+                        "pseudo-trajectory masks: +18% TPF (README), +15% (blog) |")
+    assert table[4] == ("| single_block | one block | 1 | 90.0 | 10.00 | 130 | 974.6 | +25.0% | +30.0% | +1.5% | "
+                        "multi-block decoding: +30% TPF (README), +20% (blog) |")
+    assert table[5] == "| dparallel | dParallel | 1 | n/a | n/a | n/a | 450.0 | n/a | n/a | -53.1% |  |"
     assert "y_max = 96.0" in table[-1]
 
     written = list(csv.DictReader(open(write_csv(list(rows.values()), tmp_path / "ablation.csv"))))
     assert [r["variant"] for r in written] == list(changes)
     assert float(written[2]["delta_aup_pct"]) == pytest.approx(rows["single_block"]["delta_aup"])
     assert written[3]["accuracy_pct"] == ""  # unknown stays empty, never 0
+    assert written[2]["delta_aup_pct_ci95"] == "" and written[2]["delta_aup_pct_sign"] == "n/a"  # one seed: no CI
+
+
+def seeded(variant: str, seed: int, tau: float, tpf: float, accuracy: float) -> dict:
+    return {**job(f"{variant}@seed{seed}", tau, tpf, accuracy, 100.0 * tpf)}
+
+
+def test_seeded_table_has_intervals_and_calls_signs_by_hand():
+    """Three seeds: means ± t(0.975, 2)·sd/√3 (t = 4.303); Δ paired by seed; a sign only when 0 is outside."""
+    runs = []
+    for seed, (full_tpf, rm_tpf, sb_tpf) in enumerate([(8.0, 6.0, 8.4), (9.0, 6.3, 8.6), (10.0, 7.0, 10.2)]):
+        for tau in (0.5, 2.0):  # one τ per point of each curve; accuracy 90 everywhere: AUP = 90 · TPF at τ 0.5
+            runs += [seeded("full", seed, tau, full_tpf if tau == 0.5 else full_tpf + 1, 0.9),
+                     seeded("random_masking", seed, tau, rm_tpf if tau == 0.5 else rm_tpf + 1, 0.9),
+                     seeded("single_block", seed, tau, sb_tpf if tau == 0.5 else sb_tpf + 1, 0.9)]
+    report = build_report(runs)
+    changes = {"full": "reference", "random_masking": "random masks", "single_block": "one block"}
+    rows = {r["variant"]: r for r in ablation_rows(report, runs, changes, 0.5, seeds=[0, 1, 2])}
+    full, rm, sb = rows["full"], rows["random_masking"], rows["single_block"]
+    assert full["seeds"] == 3 and full["tpf"] == pytest.approx(9.0)
+    assert full["tpf_ci"] == pytest.approx(4.303 * 1.0 / math.sqrt(3))  # sd of 8, 9, 10 is 1
+    # random masking vs full per seed: -25%, -30%, -30% -> mean -28.33, sd 2.887, half 4.303·2.887/√3 = 7.17
+    assert rm["delta_tpf"] == pytest.approx(-85.0 / 3)
+    assert rm["delta_tpf_ci"] == pytest.approx(4.303 * math.sqrt(25.0 / 3) / math.sqrt(3))
+    assert rm["delta_tpf_sign"] == "-"
+    # single block: +5%, -4.44%, +2% -> the interval holds 0: not significant
+    assert sb["delta_tpf"] == pytest.approx((5.0 - 40.0 / 9 + 2.0) / 3) and sb["delta_tpf_sign"] == "n.s."
+    table = markdown_table(list(rows.values()), 0.5, report["y_max"]).splitlines()
+    assert table[3].split(" | ")[2:5] == ["3", "90.0 ± 0.0", "6.43 ± 1.27"]  # sd 0.513 -> 4.303·0.513/√3
+    assert "-28.3% ± 7.2 (-)" in table[3] and "(n.s.)" in table[4]
+    assert "means over 3 training seeds" in table[-1]
 
 
 def test_signed_percent_always_has_a_sign():
@@ -96,6 +129,7 @@ def test_ablation_stage_end_to_end(tmp_path):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[
             "stage=ablation", "stage.variants=[full,random_masking,single_block]", "stage.thresholds=[0.5,2.0]",
+            "stage.seeds=[0]",
             STEPS, f"+output_dir={run_dir}", f"+pipeline_overrides={overrides}", *overrides])
         result = call_stage(cfg)
 
@@ -112,7 +146,8 @@ def test_ablation_stage_end_to_end(tmp_path):
         "| full", "| random_masking", "| single_block"]  # after the header, one row per variant
     assert {p.name for p in run_dir.iterdir()} >= {"aup_points.csv", "aup.json", "aup_curve.png"}
 
-    metrics = {v: [json.loads((run_dir / "variants" / v / str(i) / "metrics.json").read_text()) for i in (0, 1)]
+    metrics = {v: [json.loads((run_dir / "variants" / v / "seed_0" / str(i) / "metrics.json").read_text())
+                   for i in (0, 1)]
                for v in ("full", "random_masking", "single_block")}
     assert metrics["full"][0]["decoder"]["rule"] == "d3llm" and metrics["single_block"][0]["decoder"]["rule"] == (
         "threshold")
@@ -133,9 +168,42 @@ def test_ablation_stage_end_to_end(tmp_path):
         assert math.isclose(float(row["aup"]), expected, abs_tol=1e-9)
 
     # logger=wandb: every step logged into its own run, and the report run holds the ablation table.
-    assert (run_dir / "variants" / "single_block" / "1" / "wandb_run_id.txt").is_file()
+    assert (run_dir / "variants" / "single_block" / "seed_0" / "1" / "wandb_run_id.txt").is_file()
     run_id = (run_dir / "wandb_run_id.txt").read_text().strip()
     (logged,) = (run_dir / "wandb").glob(f"offline-run-*-{run_id}/files/media/table/report/ablation_*.table.json")
     table = json.loads(logged.read_text())
     assert table["columns"] == list(rows[0]) and [r[0] for r in table["data"]] == [r["variant"] for r in rows]
-    assert [r[3] for r in table["data"]] == [pytest.approx(float(r["tpf"])) for r in rows]
+    tpf = table["columns"].index("tpf")
+    assert [r[tpf] for r in table["data"]] == [pytest.approx(float(r["tpf"])) for r in rows]
+
+    # A second seed: seed 0's evals are reused (same model and settings), seed 1 distils its own default student
+    # and the table reports means ± intervals over the two seeds.
+    reused = run_dir / "variants" / "single_block" / "seed_0" / "0" / "metrics.json"
+    stamp = reused.stat().st_mtime_ns
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            "stage=ablation", "stage.variants=[full,single_block]", "stage.thresholds=[0.5,2.0]",
+            "stage.seeds=[0,1]", STEPS, f"+output_dir={run_dir}", f"+pipeline_overrides={overrides}", *overrides])
+        again = call_stage(cfg)
+    assert reused.stat().st_mtime_ns == stamp  # not decoded again
+    seed1 = json.loads((run_dir / "variants" / "single_block" / "seed_1" / "0" / "metrics.json").read_text())
+    assert seed1["model"]["path"] == str(artifacts / "student_seed1" / "merged")
+    summary = json.loads((artifacts / "student_seed1" / "merged" / "training_summary.json").read_text())
+    assert summary["fingerprint"] != json.loads(
+        (artifacts / "student" / "merged" / "training_summary.json").read_text())["fingerprint"]
+    two = {r["variant"]: r for r in again["rows"]}
+    assert two["single_block"]["seeds"] == 2 and two["single_block"]["tpf_ci"] is not None
+    per_seed = [json.loads((run_dir / "variants" / "single_block" / f"seed_{s}" / "0" / "metrics.json").read_text())
+                ["tpf"] for s in (0, 1)]
+    assert two["single_block"]["tpf"] == pytest.approx(sum(per_seed) / 2)
+
+
+def test_t_quantiles_match_scipy():
+    from scipy import stats
+
+    from d3llm_pipeline.reporting.intervals import mean_ci, sign_of, t975
+
+    for df in range(1, 61):
+        assert t975(df) == pytest.approx(stats.t.ppf(0.975, df), abs=5e-3)
+    assert mean_ci([]) == (None, None) and mean_ci([2.0]) == (2.0, None)
+    assert [sign_of(1.0, 0.5), sign_of(-1.0, 0.5), sign_of(0.2, 0.5), sign_of(1.0, None)] == ["+", "-", "n.s.", "n/a"]

@@ -203,6 +203,8 @@ class AblationStageConfig:
     variants: list[str] = field(default_factory=lambda: list(ABLATION_VARIANTS))
     thresholds: list[float] = field(default_factory=lambda: [0.05, 0.2, 0.5, 1.0, 2.2])  # one τ sweep per variant
     reference_threshold: float = 0.5  # the τ whose accuracy / TPF / tokens/s go in the table
+    seeds: list[int] = field(default_factory=lambda: [0])  # training seeds: each variant is distilled per seed
+    reuse_evals: bool = True  # an eval already on disk with the same request is not decoded again
     step_overrides: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -210,6 +212,8 @@ class AblationStageConfig:
         check(len(self.variants) >= 1 and not unknown, f"stage.variants must list some of "
                f"{', '.join(ABLATION_VARIANTS)}; got {self.variants} (unknown: {unknown})")
         check(len(set(self.variants)) == len(self.variants), f"stage.variants lists a variant twice: {self.variants}")
+        check(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds) and all(s >= 0 for s in self.seeds),
+               f"stage.seeds must list distinct seeds >= 0, got {self.seeds}")
         check_steps(self.step_overrides, self.thresholds)
         check(any(math.isclose(t, self.reference_threshold) for t in self.thresholds),
                f"stage.reference_threshold={self.reference_threshold} must be one of stage.thresholds "

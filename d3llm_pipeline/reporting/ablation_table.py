@@ -2,13 +2,15 @@
 
 Pure functions over plain dicts (no Hydra, no wandb), so the numbers can be checked by hand:
 
-    rows = ablation_rows(report, runs, {"full": "reference", "random_masking": "random masks"}, 0.5)
+    rows = ablation_rows(report, runs, {"full": "reference", "random_masking": "random masks"}, 0.5, seeds=[0, 1, 2])
     print(markdown_table(rows, 0.5, report["y_max"]))
     write_csv(rows, "ablation.csv")
 
-`runs` are eval metrics (metrics.json dicts) whose model name is the variant name and `report` is
-aggregate.build_report(runs): one curve per variant, all weighted with the same y_max (the best accuracy of
-any variant), so their AUPs compare. The accuracy / TPF / tokens/s columns come from the job at the reference τ.
+`runs` are eval metrics (metrics.json dicts) whose model name is the curve label (`variant_label`: the variant,
+or `<variant>@seed<s>` with several training seeds) and `report` is aggregate.build_report(runs): one curve per
+(variant, seed), all weighted with the same y_max (the best accuracy of any), so their AUPs compare. The accuracy /
+TPF / tokens/s columns come from the job at the reference τ; with several seeds each value is a mean ± 95% CI and
+each Δ a paired (per-seed) mean ± CI whose sign is called only when the interval excludes 0.
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ import math
 from pathlib import Path
 from typing import Any
 
+from d3llm_pipeline.reporting.intervals import mean_ci, sign_of
+
 # (csv column, markdown header, row key); the markdown headers of the reference-τ columns get "@ τ=<x>".
 COLUMNS = [
     ("variant", "variant", "variant"),
     ("what_changed", "what changed", "changed"),
+    ("seeds", "seeds", "seeds"),
     ("accuracy_pct", "accuracy (%)", "accuracy"),
     ("tpf", "TPF", "tpf"),
     ("tokens_per_s", "tokens/s", "tokens_per_s"),
@@ -29,14 +34,31 @@ COLUMNS = [
     ("delta_tpf_pct", "ΔTPF", "delta_tpf"),
     ("delta_tps_pct", "Δtokens/s", "delta_tps"),
     ("delta_aup_pct", "ΔAUP", "delta_aup"),
+    ("paper", "paper: the component's gain (method.md §11)", "paper"),
 ]
+CI_KEYS = ("accuracy", "tpf", "tokens_per_s", "aup", "delta_tpf", "delta_tps", "delta_aup")  # mean ± 95% CI
+SIGN_KEYS = ("delta_tpf", "delta_tps", "delta_aup")
+# What the paper reports for the component a variant removes (or, kv_cache, adds): method.md §11, README / blog.
+PAPER = {
+    "random_masking": "pseudo-trajectory masks: +18% TPF (README), +15% (blog)",
+    "no_mask_ratio_curriculum": "progressive noise: +12% TPF (README), +18% (blog)",
+    "no_window_curriculum": "progressive window 16->32: +8% TPF",
+    "single_block": "multi-block decoding: +30% TPF (README), +20% (blog)",
+    "kv_cache": "KV cache + refresh: +35% TPS (README), +20% (blog), long contexts",
+    "no_early_stop": "early stop on EOS: +5% TPF",
+}
 
 
-def reference_job(runs: list[dict[str, Any]], variant: str, threshold: float) -> dict[str, Any] | None:
-    """The eval job of `variant` decoded at entropy threshold `threshold` (None if it failed or is missing)."""
+def variant_label(variant: str, seed: int, n_seeds: int) -> str:
+    """The curve name of one (variant, seed): the variant alone when there is one seed."""
+    return variant if n_seeds == 1 else f"{variant}@seed{seed}"
+
+
+def reference_job(runs: list[dict[str, Any]], label: str, threshold: float) -> dict[str, Any] | None:
+    """The eval job of curve `label` decoded at entropy threshold `threshold` (None if it failed or is missing)."""
     for run in runs:
         tau = run["decoder"].get("threshold")
-        if run["model"]["name"] == variant and tau is not None and math.isclose(tau, threshold):
+        if run["model"]["name"] == label and tau is not None and math.isclose(tau, threshold):
             return run
     return None
 
@@ -47,29 +69,44 @@ def _relative_pct(value: float | None, reference: float | None) -> float | None:
     return 100.0 * (value - reference) / reference
 
 
-def ablation_rows(report: dict[str, Any], runs: list[dict[str, Any]], changes: dict[str, str],
-                  reference_threshold: float, reference: str = "full") -> list[dict[str, Any]]:
-    """One row per variant of `changes` (variant -> what changed), in its order.
-
-    accuracy is in percent; delta_tpf / delta_tps / delta_aup are relative changes vs the `reference` variant's row, in
-    percent (None when that row is missing or a value is unknown).
-    """
+def _per_seed(report: dict[str, Any], runs: list[dict[str, Any]], variant: str, seeds: list[int],
+              threshold: float) -> dict[int, dict[str, float | None]]:
     aups = {c["model"]: c["aup"] for c in report["curves"]}
+    out = {}
+    for seed in seeds:
+        label = variant_label(variant, seed, len(seeds))
+        job = reference_job(runs, label, threshold)
+        out[seed] = {"accuracy": None if job is None else 100.0 * job["accuracy"],
+                     "tpf": None if job is None else job["tpf"],
+                     "tokens_per_s": None if job is None else job.get("tokens_per_s"), "aup": aups.get(label)}
+    return out
+
+
+def ablation_rows(report: dict[str, Any], runs: list[dict[str, Any]], changes: dict[str, str],
+                  reference_threshold: float, reference: str = "full", seeds: list[int] | None = None
+                  ) -> list[dict[str, Any]]:
+    """One row per variant of `changes` (variant -> what changed), in its order, over `seeds` (default [0]).
+
+    Each value is the mean over the seeds that have it, with `<key>_ci` the half-width of its 95% interval (None
+    with one seed). accuracy is in percent; delta_tpf / delta_tps / delta_aup are relative changes vs the
+    `reference` variant's SAME seed, in percent, averaged over seeds (paired), with `<key>_sign` the sign the
+    interval supports ("+", "-", "n.s.", or "n/a" with fewer than two seeds).
+    """
+    seeds = seeds or [0]
+    values = {v: _per_seed(report, runs, v, seeds, reference_threshold) for v in changes}
+    ref = values.get(reference, {})
     rows = []
     for variant, changed in changes.items():
-        job = reference_job(runs, variant, reference_threshold)
-        rows.append({
-            "variant": variant, "changed": changed,
-            "accuracy": None if job is None else 100.0 * job["accuracy"],
-            "tpf": None if job is None else job["tpf"],
-            "tokens_per_s": None if job is None else job.get("tokens_per_s"),
-            "aup": aups.get(variant),
-        })
-    ref = next((r for r in rows if r["variant"] == reference), None)
-    for row in rows:
-        row["delta_tpf"] = _relative_pct(row["tpf"], ref and ref["tpf"])
-        row["delta_tps"] = _relative_pct(row["tokens_per_s"], ref and ref["tokens_per_s"])
-        row["delta_aup"] = _relative_pct(row["aup"], ref and ref["aup"])
+        row: dict[str, Any] = {"variant": variant, "changed": changed, "paper": PAPER.get(variant, "")}
+        per_seed = values[variant]
+        for key in ("accuracy", "tpf", "tokens_per_s", "aup"):
+            row[key], row[f"{key}_ci"] = mean_ci([v[key] for v in per_seed.values() if v[key] is not None])
+        for key, base in (("delta_tpf", "tpf"), ("delta_tps", "tokens_per_s"), ("delta_aup", "aup")):
+            deltas = [_relative_pct(per_seed[s][base], ref.get(s, {}).get(base)) for s in seeds]
+            row[key], row[f"{key}_ci"] = mean_ci([d for d in deltas if d is not None])
+            row[f"{key}_sign"] = sign_of(row[key], row[f"{key}_ci"])
+        row["seeds"] = sum(1 for v in per_seed.values() if v["aup"] is not None)
+        rows.append(row)
     return rows
 
 
@@ -80,37 +117,63 @@ def signed_pct(value: float | None) -> str:
     return f"{round(value, 1) + 0.0:+.1f}%"  # + 0.0 turns -0.0 into 0.0
 
 
-def _cell(key: str, value: Any) -> str:
+def _cell(key: str, row: dict[str, Any]) -> str:
+    value = row[key]
     if value is None:
         return "n/a"
+    if key in SIGN_KEYS:
+        text = signed_pct(value)
+        if row.get(f"{key}_ci") is not None:
+            text += f" ± {row[f'{key}_ci']:.1f} ({row[f'{key}_sign']})"
+        return text
     formats = {"accuracy": "{:.1f}", "tpf": "{:.2f}", "tokens_per_s": "{:.0f}", "aup": "{:.1f}"}
-    if key in ("delta_tpf", "delta_tps", "delta_aup"):
-        return signed_pct(value)
-    return formats.get(key, "{}").format(value)
+    text = formats.get(key, "{}").format(value)
+    if key in CI_KEYS and row.get(f"{key}_ci") is not None:
+        text += " ± " + formats[key].format(row[f"{key}_ci"])
+    return text
 
 
 def markdown_table(rows: list[dict[str, Any]], reference_threshold: float, y_max: float | None,
                    reference: str = "full") -> str:
-    """The table as markdown, followed by one line saying how the columns were measured."""
+    """The table as markdown, followed by lines saying how the columns were measured."""
     at = f" @ τ={reference_threshold:g}"
     headers = [h + (at if key in ("accuracy", "tpf", "tokens_per_s") else "") for _, h, key in COLUMNS]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
-        cells = [_cell(key, row[key]) for _, _, key in COLUMNS]
+        cells = [_cell(key, row) for _, _, key in COLUMNS]
         if row["variant"] == reference:
-            cells[-3:] = ["(ref)", "(ref)", "(ref)"]
+            cells[-4:-1] = ["(ref)", "(ref)", "(ref)"]
         lines.append("| " + " | ".join(cells) + " |")
     y = "n/a" if y_max is None else f"{y_max:.1f}"
+    seeds = max((row["seeds"] for row in rows), default=0)
     lines.append("")
-    lines.append(f"AUP over each variant's τ sweep with one y_max = {y} (the best accuracy of any variant); "
+    lines.append(f"AUP over each variant's τ sweep with one y_max = {y} (the best accuracy of any variant and seed); "
                  f"ΔTPF, Δtokens/s and ΔAUP are relative to the `{reference}` row (tokens/s is wall-clock, so it "
                  "moves with the machine's load).")
+    if seeds > 1:
+        lines.append(f"Values are means over {seeds} training seeds ± the half-width of their 95% confidence interval "
+                     "(Student's t); a Δ is paired by seed, and its sign is called (+ / -) only when its interval "
+                     "excludes 0 (n.s. otherwise). The paper column is the gain the paper reports for the component "
+                     "the variant removes, so a removal that matches it shows a negative Δ.")
     return "\n".join(lines)
+
+
+def csv_columns() -> list[tuple[str, str]]:
+    """(csv column, row key): every table column, each mean followed by its CI half-width and Δ sign."""
+    out = []
+    for column, _, key in COLUMNS:
+        out.append((column, key))
+        if key in CI_KEYS:
+            out.append((f"{column}_ci95", f"{key}_ci"))
+        if key in SIGN_KEYS:
+            out.append((f"{column}_sign", f"{key}_sign"))
+    return out
 
 
 def as_lists(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
     """(csv column names, one list per row): the shape of ablation.csv and of the wandb table."""
-    return [column for column, _, _ in COLUMNS], [[row[key] for _, _, key in COLUMNS] for row in rows]
+    columns = csv_columns()
+    return [column for column, _ in columns], [[row.get(key) for _, key in columns] for row in rows]
 
 
 def write_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:

@@ -2,18 +2,23 @@
 
     python -m d3llm_pipeline stage=ablation                       # every variant; reuses every finished artifact
     python -m d3llm_pipeline stage=ablation 'stage.variants=[full,single_block]' 'stage.thresholds=[0.5,2.2]'
+    python -m d3llm_pipeline stage=ablation 'stage.seeds=[0,1,2,3,4]'     # more training seeds, tighter intervals
 
 A variant is an experiment file, conf/experiment/ablation_<name>.yaml (config/schema.py ABLATION_VARIANTS lists
 them). Every step is composed like its own command line (stages/steps.py: your other overrides, then the step's,
 then stage.step_overrides.<step>):
 1. stage=teacher, stage=trajectory and, when a variant decodes the default student, stage=distill: the shared
    artifacts (finished ones are reused, so after `make demo` these return in seconds);
-2. per variant: `stage=distill experiment=ablation_<name>` if it is a distillation variant (its own student under
-   paths.student_dir, reused when finished), then one `stage=eval model=student experiment=ablation_<name>
-   decode.threshold=<τ>` per τ of stage.thresholds, into <run dir>/variants/<name>/<i>;
+2. per training seed s of stage.seeds (the teacher and trajectories are shared; seed s != the run's `seed` gets
+   its own students, in `<student dir>_seed<s>`) and per variant: `stage=distill experiment=ablation_<name> seed=s`
+   if it is a distillation variant (its own student under paths.student_dir, reused when finished), then one
+   `stage=eval model=student experiment=ablation_<name> decode.threshold=<τ>` per τ of stage.thresholds, into
+   <run dir>/variants/<name>/seed_<s>/<i> (with stage.reuse_evals, an eval already there with the same request
+   is reused, so re-tabulating costs nothing);
 3. the table: ablation.md + ablation.csv (accuracy / TPF / tokens/s at stage.reference_threshold, AUP over the
-   sweep with one y_max for all variants, ΔTPF / Δtokens/s / ΔAUP vs `full`) and the curves (aup_points.csv, aup.json,
-   aup_curve.png; one curve per variant, its `model` column holding the variant name).
+   sweep with one y_max for all variants; with several seeds means ± 95% CI, and ΔTPF / Δtokens/s / ΔAUP vs `full`
+   paired by seed with the sign called only when the interval excludes 0; the paper's figure per component) and the
+   curves (aup_points.csv, aup.json, aup_curve.png; one curve per variant and seed).
 An experiment on the command line stays underneath each variant's: experiment=smoke runs `experiment=[smoke,
 ablation_<name>]`, so the variant's deltas apply on top of the smoke setup.
 """
@@ -24,11 +29,18 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from hydra import compose
 from omegaconf import DictConfig
 
 from d3llm_pipeline.config.schema import ConfigError, load_section
 from d3llm_pipeline.config.stage_schemas import ABLATION_VARIANTS, AblationStageConfig
-from d3llm_pipeline.reporting.ablation_table import ablation_rows, as_lists, markdown_table, write_csv
+from d3llm_pipeline.reporting.ablation_table import (
+    ablation_rows,
+    as_lists,
+    markdown_table,
+    variant_label,
+    write_csv,
+)
 from d3llm_pipeline.reporting.aggregate import build_report, collect_runs, write_report
 from d3llm_pipeline.reporting.wandb_report import log_report
 from d3llm_pipeline.runtime import atomic_write_text
@@ -60,36 +72,52 @@ def variant_overrides(overrides: list[str], variant: str) -> list[str]:
     return [*rest, f"experiment=[{','.join([*chosen, f'ablation_{variant}'])}]"]
 
 
+def seed_student_dir(cfg: DictConfig, base: list[str], seed: int) -> list[str]:
+    """The overrides that give training seed `seed` its own student: `seed=<s>`, and for any seed but the run's
+    own (cfg.seed, whose students are the usual ones, e.g. make demo's) `paths.student_dir=<that dir>_seed<s>`."""
+    if seed == int(cfg.seed):
+        return []
+    student_dir = compose(config_name="config", overrides=base).paths.student_dir
+    return [f"seed={seed}", f"paths.student_dir={student_dir}_seed{seed}"]
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     stage = load_section(cfg.stage, AblationStageConfig, "stage")
     out_dir = Path(output_dir_of(cfg))
     user = user_overrides(cfg)
     bases = {variant: variant_overrides(user, variant) for variant in stage.variants}  # fail fast, before training
-    run_step(cfg, out_dir, "teacher", "stage=teacher")
+    run_step(cfg, out_dir, "teacher", "stage=teacher")  # one teacher and one trajectory set: seeds are training seeds
     run_step(cfg, out_dir, "trajectory", "stage=trajectory")
-    if any(ABLATION_VARIANTS[v][0] == "decode" for v in stage.variants):
-        run_step(cfg, out_dir / "distill", "default", "stage=distill")  # the default student (as make demo's)
-    for variant in stage.variants:
-        if ABLATION_VARIANTS[variant][0] == "distill":
-            run_step(cfg, out_dir / "distill", variant, "stage=distill", base=bases[variant])
-        for i, tau in enumerate(stage.thresholds):
-            run_step(cfg, out_dir / "variants" / variant, str(i), "stage=eval", "model=student",
-                     f"decode.threshold={tau}", base=bases[variant])
+    for seed in stage.seeds:
+        where = f"seed_{seed}"
+        if any(ABLATION_VARIANTS[v][0] == "decode" for v in stage.variants):  # the default student (make demo's)
+            run_step(cfg, out_dir / "distill" / where, "default", "stage=distill", *seed_student_dir(cfg, user, seed))
+        for variant in stage.variants:
+            # a decode variant reads the default student's dir; a distill variant's experiment names its own
+            seeded = seed_student_dir(cfg, bases[variant] if ABLATION_VARIANTS[variant][0] == "distill" else user,
+                                      seed)
+            if ABLATION_VARIANTS[variant][0] == "distill":
+                run_step(cfg, out_dir / "distill" / where, variant, "stage=distill", *seeded, base=bases[variant])
+            for i, tau in enumerate(stage.thresholds):
+                run_step(cfg, out_dir / "variants" / variant / where, str(i), "stage=eval", "model=student",
+                         f"decode.threshold={tau}", *seeded, base=bases[variant], reuse_eval=stage.reuse_evals)
     return tabulate(cfg, stage, out_dir)
 
 
 def tabulate(cfg: DictConfig, stage: AblationStageConfig, out_dir: Path) -> dict[str, Any]:
-    """ablation.md / ablation.csv and the AUP curves from the eval jobs under <out_dir>/variants/."""
+    """ablation.md / ablation.csv and the AUP curves from the eval jobs under <out_dir>/variants/<variant>/seed_<s>/."""
     runs, failed = [], []
     for variant in stage.variants:
-        found, missing = collect_runs([out_dir / "variants" / variant])
-        # Every variant decodes a model called tiny-student: label its curve with the variant instead.
-        runs += [{**run, "model": {**run["model"], "name": variant}} for run in found]
-        failed += missing
-    report = build_report(runs)  # y_max = the best accuracy of any variant: one scale for every AUP
+        for seed in stage.seeds:
+            found, missing = collect_runs([out_dir / "variants" / variant / f"seed_{seed}"])
+            # Every variant decodes a model called tiny-student: label its curve with the variant (and seed) instead.
+            label = variant_label(variant, seed, len(stage.seeds))
+            runs += [{**run, "model": {**run["model"], "name": label}} for run in found]
+            failed += missing
+    report = build_report(runs)  # y_max = the best accuracy of any variant and seed: one scale for every AUP
     written = write_report(out_dir, report, failed)
     changes = {variant: ABLATION_VARIANTS[variant][1] for variant in stage.variants}
-    rows = ablation_rows(report, runs, changes, stage.reference_threshold)
+    rows = ablation_rows(report, runs, changes, stage.reference_threshold, seeds=list(stage.seeds))
     table = markdown_table(rows, stage.reference_threshold, report["y_max"])
     atomic_write_text(out_dir / "ablation.md", table + "\n")
     written += [out_dir / "ablation.md", write_csv(rows, out_dir / "ablation.csv")]

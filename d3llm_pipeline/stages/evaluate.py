@@ -67,6 +67,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                   "fingerprint": artifacts.model_fingerprint(model_cfg.path)},
         "decoder": {"name": dec.name, **asdict(spec), "batch_size": dec.batch_size},
         "task": task_info,
+        "request": artifacts.eval_request(cfg),  # what these numbers depend on (stage.reuse_evals compares it)
         "device": str(job.device),
         **summary,
         "tpf_definition": "sum(tokens before first EOS / stop string) / sum(forward passes), over samples (d3LLM)",

@@ -8,6 +8,7 @@ its own (`stage=<step>`, ...), then `stage.step_overrides.<step>`, and writes in
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from hydra import compose
 from omegaconf import DictConfig
 
+from d3llm_pipeline import artifacts
 from d3llm_pipeline.config.schema import ConfigError
 from d3llm_pipeline.config.validate import validate_config
 from d3llm_pipeline.stages import call_stage, finish_wandb
@@ -36,8 +38,12 @@ def user_overrides(cfg: DictConfig) -> list[str]:
 
 
 def run_step(cfg: DictConfig, out_dir: Path, name: str, *overrides: str,
-             base: list[str] | None = None) -> dict[str, Any]:
-    """Compose and run `overrides` (the first is "stage=<step>") on top of `base` (default: user_overrides)."""
+             base: list[str] | None = None, reuse_eval: bool = False) -> dict[str, Any]:
+    """Compose and run `overrides` (the first is "stage=<step>") on top of `base` (default: user_overrides).
+
+    reuse_eval: a stage=eval step whose dir already holds a metrics.json of the same request (model weights, seed,
+    decode / task / stage settings: artifacts.eval_request) returns it instead of decoding again.
+    """
     step = overrides[0].split("=", 1)[1]
     extra = list(cfg.stage.get("step_overrides", {}).get(step, []))
     base = user_overrides(cfg) if base is None else base
@@ -48,6 +54,11 @@ def run_step(cfg: DictConfig, out_dir: Path, name: str, *overrides: str,
         validate_config(sub)
     except ConfigError as err:
         raise ConfigError(f"stage={cfg.stage.name}, step {name} ({' '.join(overrides)}): {err}") from None
+    if reuse_eval and step == "eval" and (out_dir / name / "metrics.json").is_file():
+        done = json.loads((out_dir / name / "metrics.json").read_text())
+        if done.get("request") == artifacts.eval_request(sub):
+            log.info("%s: reusing the eval in %s (same model and settings)", cfg.stage.name, out_dir / name)
+            return done
     try:
         return call_stage(sub)
     finally:

@@ -86,10 +86,7 @@ def evaluate_model(base: list[str], model_path: str, decoder: str, tau: float | 
     overrides += [f"stage.limit={limit}"] if limit is not None else []
     cfg = compose(config_name="config", overrides=overrides)
     model_fp = artifacts.model_fingerprint(model_path)
-    request = artifacts.fingerprint({
-        "model": model_fp, "seed": cfg.seed,
-        **{key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("decode", "task", "stage")},
-    })
+    request = artifacts.eval_request(cfg)
     out = Path(cfg.paths.artifacts_dir) / "evals" / model_fp / f"{decoder}-tau{tau}-{request}"
     if (out / "metrics.json").is_file():
         log.info("compare: reusing the eval in %s", out)
