@@ -5,7 +5,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: help setup test test-all lint teacher eval sweep demo ablation clean
+.PHONY: help setup test test-all lint teacher eval sweep demo demo-long ablation clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ sweep:  ## threshold sweep: one eval job per entropy threshold (preset conf/expe
 
 demo:  ## end to end: teacher -> trajectories -> distill -> sweeps -> AUP plot + leaderboard (reuses artifacts)
 	$(PY) -m d3llm_pipeline stage=pipeline
+
+demo-long:  ## the end-to-end demo on the long-generation task (task=arith_long, own artifacts under artifacts_long)
+	$(PY) -m d3llm_pipeline stage=pipeline experiment=demo_long
 
 ablation:  ## the paper's ablations on the embedded task -> ablation.md + .csv + curves (reuses artifacts)
 	$(PY) -m d3llm_pipeline stage=ablation

@@ -48,7 +48,7 @@ def evaluate_problems(
             records.append({
                 "prompt": problem.prompt, "output": text, "reference": problem.response,
                 "answer": problem.answer, "predicted": arith.extract_answer(text),
-                "correct": arith.grade(text, problem.answer), "chain_correct": arith.chain_correct(text),
+                "correct": arith.grade_problem(text, problem), "chain_correct": arith.chains_ok(text, problem),
                 "nfe": int(nfe_b[i]), "tokens": int(tokens_b[i]),
             })
         bar.update(len(batch))

@@ -51,3 +51,20 @@ def test_pipeline_runs_every_step_then_reuses_artifacts(tmp_path):
     assert weights.stat().st_mtime_ns == stamp  # the finished student was reused, not retrained
     trajectory = json.loads((tmp_path / "run2" / "trajectory" / "metrics.json").read_text())
     assert trajectory["labelled_now"] == 0 and trajectory["resumed_chunks"] == 2
+
+
+def test_pipeline_on_the_long_task(tmp_path):
+    """experiment=demo_long (task=arith_long) runs every step, in its own artifacts dir (smoke sizes)."""
+    overrides = ["experiment=[smoke,demo_long]", "threads=1", "task.n_train=100", "model.arch.n_embd=32",
+                 "model.arch.n_layer=1", "model.arch.n_head=2", "task.n_val=16", "task.n_test=16",
+                 f"paths.root_dir={tmp_path}"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            "stage=pipeline", "stage.thresholds=[2.0]", "stage.teacher_decoders=[threshold]", STEPS,
+            f"+output_dir={tmp_path / 'run'}", f"+pipeline_overrides={overrides}", *overrides])
+        result = call_stage(cfg)
+    assert set(result["aup"]) == {"tiny-teacher/threshold", "tiny-student/threshold", "tiny-student/d3llm"}
+    artifacts = tmp_path / "outputs" / "artifacts_long"
+    assert (artifacts / "student" / "merged" / "model.safetensors").is_file()
+    metrics = json.loads((tmp_path / "run" / "sweeps" / "student_d3llm" / "0" / "metrics.json").read_text())
+    assert metrics["decoder"]["gen_length"] == 128 and metrics["task"]["name"] == "arith_long"

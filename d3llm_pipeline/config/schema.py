@@ -124,18 +124,20 @@ class ArithTaskConfig:
     n_train: int = 50000
     n_val: int = 200
     n_test: int = 1000
+    problems_per_sample: int = 1  # > 1: k independent problems per sample (task=arith_long, tasks/arith_long.py)
 
     def __post_init__(self) -> None:
         check(1 <= self.min_steps <= self.max_steps, "task.min_steps must be >= 1 and <= task.max_steps, "
                f"got {self.min_steps}..{self.max_steps}")
-        from d3llm_pipeline.tasks.arith import max_prompt_tokens, max_response_tokens
+        check(self.problems_per_sample >= 1, f"task.problems_per_sample must be >= 1, got {self.problems_per_sample}")
+        from d3llm_pipeline.tasks.arith import sample_prompt_tokens, sample_response_tokens
 
-        need = max_response_tokens(self.max_steps) + 1  # the longest response plus at least one EOS
-        check(self.gen_length >= need, f"task.gen_length must be >= {need} for task.max_steps={self.max_steps}, "
-               f"got {self.gen_length}")
-        need = max_prompt_tokens(self.max_steps)
-        check(self.prompt_length >= need, f"task.prompt_length must be >= {need} for "
-               f"task.max_steps={self.max_steps}, got {self.prompt_length}")
+        k, of = self.problems_per_sample, f"task.max_steps={self.max_steps}" + (
+            f", task.problems_per_sample={self.problems_per_sample}" if self.problems_per_sample > 1 else "")
+        need = sample_response_tokens(self.max_steps, k) + 1  # the longest response plus at least one EOS
+        check(self.gen_length >= need, f"task.gen_length must be >= {need} for {of}, got {self.gen_length}")
+        need = sample_prompt_tokens(self.max_steps, k)
+        check(self.prompt_length >= need, f"task.prompt_length must be >= {need} for {of}, got {self.prompt_length}")
         check_counts(self, "task", "n_train", "n_val", "n_test")
 
 

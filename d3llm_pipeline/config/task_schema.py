@@ -119,6 +119,18 @@ class PromptSetTaskConfig:
         return bool(self.families.get(family, {}).get("chat_template", False))
 
 
+# Keys added to a task schema after artifacts were fingerprinted with it, at the value that means "as before":
+# left out of fingerprints at that value, so existing teachers and trajectories stay reusable.
+_LATE_KEYS = {"problems_per_sample": 1}
+
+
+def task_identity(task: Any) -> dict[str, Any]:
+    """The task section as it enters artifact fingerprints (asdict, minus late-added keys at their neutral value)."""
+    from dataclasses import asdict
+
+    return {k: v for k, v in asdict(task).items() if not (k in _LATE_KEYS and v == _LATE_KEYS[k])}
+
+
 def task_schema(section: DictConfig | dict[str, Any]) -> type:
     """The schema of a task section, chosen by its `kind` (arith when absent)."""
     kind = section.get("kind", "arith") if section is not None else "arith"

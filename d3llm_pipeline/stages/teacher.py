@@ -29,6 +29,7 @@ from omegaconf import DictConfig
 from d3llm_pipeline import artifacts
 from d3llm_pipeline.config.schema import ArithTaskConfig, DecodeConfig, ModelConfig, load_section
 from d3llm_pipeline.config.stage_schemas import TeacherStageConfig
+from d3llm_pipeline.config.task_schema import task_identity
 from d3llm_pipeline.models.tiny import build_tiny_teacher, save_tiny_teacher
 from d3llm_pipeline.runtime import atomic_write_json, provenance
 from d3llm_pipeline.stages import output_dir_of
@@ -51,7 +52,7 @@ def teacher_identity(cfg: DictConfig, stage: TeacherStageConfig, task: ArithTask
     """Every setting that shapes the trained teacher, keyed as the user types it."""
     return {
         "seed": int(cfg.seed), "model.family": model_cfg.family, "model.dtype": model_cfg.dtype,
-        **artifacts.flatten("model.arch", asdict(model_cfg.arch)), **artifacts.flatten("task", asdict(task)),
+        **artifacts.flatten("model.arch", asdict(model_cfg.arch)), **artifacts.flatten("task", task_identity(task)),
         **{f"stage.{key}": getattr(stage, key) for key in RECIPE_KEYS}, **trainer_identity(cfg),
     }
 

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from d3llm_pipeline import artifacts
 from d3llm_pipeline.config.schema import ArithTaskConfig, ModelConfig, load_section
 from d3llm_pipeline.config.stage_schemas import TrajectoryStageConfig
-from d3llm_pipeline.config.task_schema import PromptSetTaskConfig
+from d3llm_pipeline.config.task_schema import PromptSetTaskConfig, task_identity
 from d3llm_pipeline.decoding import DecodeSpec
 from d3llm_pipeline.runtime import atomic_write_json, provenance
 from d3llm_pipeline.stages import output_dir_of
@@ -60,7 +60,7 @@ def _run_fingerprint(model_cfg: ModelConfig, task: ArithTaskConfig | PromptSetTa
             decode_identity.pop(key)
     return {
         "teacher": {"name": model_cfg.name, "weights_sha256": [artifacts.file_sha256(p) for p in weights]},
-        "task": asdict(task), "split": stage.split, "n_prompts": stage.n_prompts,
+        "task": task_identity(task), "split": stage.split, "n_prompts": stage.n_prompts,
         "decode": decode_identity, "temperatures": list(stage.temperatures),
     }
 

@@ -65,20 +65,21 @@ class ArithConfig:
     n_train: int = 50000
     n_val: int = 200
     n_test: int = 1000
+    problems_per_sample: int = 1  # > 1: task=arith_long, k independent problems per sample (tasks/arith_long.py)
 
     def __post_init__(self) -> None:
         # Fail at config time rather than midway through encoding a split.
         _check_steps(self.min_steps, self.max_steps)
-        if max_prompt_tokens(self.max_steps) > self.prompt_length:
-            raise ValueError(
-                f"prompt_length={self.prompt_length} cannot hold a {self.max_steps}-step prompt "
-                f"({max_prompt_tokens(self.max_steps)} tokens)"
-            )
-        if max_response_tokens(self.max_steps) + 1 > self.gen_length:
-            raise ValueError(
-                f"gen_length={self.gen_length} cannot hold a {self.max_steps}-step response plus one "
-                f"{EOS} ({max_response_tokens(self.max_steps) + 1} tokens)"
-            )
+        if self.problems_per_sample < 1:
+            raise ValueError(f"problems_per_sample must be >= 1, got {self.problems_per_sample}")
+        need = sample_prompt_tokens(self.max_steps, self.problems_per_sample)
+        if need > self.prompt_length:
+            raise ValueError(f"prompt_length={self.prompt_length} cannot hold a {self.max_steps}-step prompt "
+                             f"({need} tokens)")
+        need = sample_response_tokens(self.max_steps, self.problems_per_sample) + 1
+        if need > self.gen_length:
+            raise ValueError(f"gen_length={self.gen_length} cannot hold a {self.max_steps}-step response plus one "
+                             f"{EOS} ({need} tokens)")
         for name in ("n_train", "n_val", "n_test"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -91,6 +92,7 @@ class Problem:
     prompt: str
     response: str
     answer: int
+    answers: tuple[int, ...] = ()  # every sub-answer of an arith_long sample (empty: one problem, `answer`)
 
 
 def max_prompt_tokens(n_steps: int) -> int:
@@ -101,6 +103,19 @@ def max_prompt_tokens(n_steps: int) -> int:
 def max_response_tokens(n_steps: int) -> int:
     """Response length in tokens: 5 per step (``a op b = c``), 1 per ``,`` separator, 2 for ``#### N``."""
     return 5 * n_steps + (n_steps - 1) + 2
+
+
+def sample_prompt_tokens(max_steps: int, k: int = 1) -> int:
+    """The longest prompt of a sample of k problems (arith_long pads each sub-prompt to a fixed slot)."""
+    if k == 1:
+        return max_prompt_tokens(max_steps)
+    from d3llm_pipeline.tasks import arith_long
+
+    return arith_long.prompt_tokens(max_steps, k)
+
+
+def sample_response_tokens(max_steps: int, k: int = 1) -> int:
+    return max_response_tokens(max_steps) * k
 
 
 def _check_steps(min_steps: int, max_steps: int) -> None:
@@ -148,8 +163,16 @@ def _draw_unique(
     # Realistic rejection rates are a few percent, so a long run of consecutive
     # rejections means the problem space is exhausted; stop instead of looping forever.
     stalled = 0
+    if cfg.problems_per_sample > 1:
+        from d3llm_pipeline.tasks.arith_long import generate_composite
+
+        def draw(r: random.Random) -> Problem:
+            return generate_composite(r, cfg.min_steps, cfg.max_steps, cfg.problems_per_sample)
+    else:
+        def draw(r: random.Random) -> Problem:
+            return generate_problem(r, cfg.min_steps, cfg.max_steps)
     while len(out) < n:
-        p = generate_problem(rng, cfg.min_steps, cfg.max_steps)
+        p = draw(rng)
         if reject(p):
             stalled += 1
             if stalled >= _MAX_STALL:
@@ -290,7 +313,7 @@ def decode_response(ids: Sequence[int] | torch.Tensor, tokenizer: PreTrainedToke
     return " ".join(words)
 
 
-_INT = re.compile(r"-?[0-9]+")
+INT_PATTERN = _INT = re.compile(r"-?[0-9]+")
 _STEP = re.compile(r"([0-9]+)\s*([+-])\s*([0-9]+)\s*=\s*([0-9]+)")
 
 
@@ -331,9 +354,28 @@ def chain_correct(output_text: str) -> bool:
     return True
 
 
+def grade_problem(output_text: str, problem: Problem) -> bool:
+    """`grade` for one problem, or every sub-answer in order for an arith_long sample."""
+    if len(problem.answers) > 1:
+        from d3llm_pipeline.tasks.arith_long import grade_all
+
+        return grade_all(output_text, problem.answers)
+    return grade(output_text, problem.answer)
+
+
+def chains_ok(output_text: str, problem: Problem) -> bool:
+    """`chain_correct`, or every sub-chain for an arith_long sample."""
+    if len(problem.answers) > 1:
+        from d3llm_pipeline.tasks.arith_long import chains_correct
+
+        return chains_correct(output_text, len(problem.answers))
+    return chain_correct(output_text)
+
+
 def task_splits(task: Any) -> dict[str, list[Problem]]:
     """The splits of a `task` config section (config/schema.py ArithTaskConfig: the same field names)."""
     return make_splits(ArithConfig(
         seed=task.seed, prompt_length=task.prompt_length, gen_length=task.gen_length, min_steps=task.min_steps,
         max_steps=task.max_steps, n_train=task.n_train, n_val=task.n_val, n_test=task.n_test,
+        problems_per_sample=getattr(task, "problems_per_sample", 1),
     ))

@@ -41,11 +41,17 @@ def arith_labels(problems: Sequence[arith.Problem], tokenizer, prompt_length: in
     prompts, references = arith.encode(problems, tokenizer, prompt_length, gen_length)
 
     def grade(text: str, i: int) -> tuple[str | None, bool]:
-        predicted = arith.extract_answer(text)
-        return (None if predicted is None else str(predicted)), predicted == problems[i].answer
+        problem = problems[i]
+        if len(problem.answers) > 1:  # arith_long: every sub-answer, space-separated
+            from d3llm_pipeline.tasks.arith_long import extract_answers
 
-    return LabelSet(prompts, None, references, [str(p.answer) for p in problems],
-                    lambda ids: arith.decode_response(ids, tokenizer), grade)
+            predicted = " ".join("?" if a is None else str(a) for a in extract_answers(text)) or None
+            return predicted, arith.grade_problem(text, problem)
+        answer = arith.extract_answer(text)
+        return (None if answer is None else str(answer)), answer == problem.answer
+
+    answers = [" ".join(map(str, p.answers)) if len(p.answers) > 1 else str(p.answer) for p in problems]
+    return LabelSet(prompts, None, references, answers, lambda ids: arith.decode_response(ids, tokenizer), grade)
 
 
 def prompt_set_labels(rows, task, tokenizer, pad_id: int, eos_id: int, chat_template: bool) -> LabelSet:
