@@ -5,7 +5,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: help setup test test-all lint teacher eval sweep demo demo-long ablation clean
+.PHONY: help setup test test-all test-gpu lint teacher eval sweep demo demo-long ablation clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
@@ -18,6 +18,9 @@ test:  ## run the test suite (offline, CPU, excludes tests marked slow)
 
 test-all:  ## run every test, slow ones included
 	$(PY) -m pytest -q
+
+test-gpu:  ## the CUDA checks (tests/test_gpu.py; they skip without a GPU): fixtures, batching, cache, host syncs
+	$(PY) -m pytest -m gpu -q
 
 lint:  ## ruff lint + format check
 	$(PY) -m ruff check d3llm_pipeline tests benchmarks && $(PY) -m ruff format --check d3llm_pipeline tests benchmarks

@@ -55,8 +55,8 @@ class TimedAdapter(torch.nn.Module):
         self.calls += 1
         return out
 
-    def logits(self, input_ids, attention_mask=None, keep=None):
-        return self._timed(self.inner.logits, input_ids, attention_mask, keep)
+    def logits(self, input_ids, attention_mask=None, keep=None, **kwargs):  # kwargs: keep_count (no host sync)
+        return self._timed(self.inner.logits, input_ids, attention_mask, keep, **kwargs)
 
     def forward_kv(self, *args, **kwargs):
         return self._timed(self.inner.forward_kv, *args, **kwargs)

@@ -108,14 +108,21 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return lines
 
 
-def check_same(directory: Path, kind: str, identity: dict[str, Any], ways_out: str) -> None:
-    """Raise a one-line ConfigError unless `directory`'s artifact.json records this identity."""
+def check_same(directory: Path, kind: str, identity: dict[str, Any], ways_out: str,
+               ignore: tuple[str, ...] = ()) -> None:
+    """Raise a one-line ConfigError unless `directory`'s artifact.json records this identity.
+
+    ignore: keys that may differ (e.g. the device count when a run resumes on another number of GPUs: the
+    schedule does not depend on it, see training/distill_data.py)."""
     recorded = read_identity(directory)
     if recorded is None:
         raise ConfigError(f"the {kind} in {directory} does not record the settings it was made with (no "
                           f"{ARTIFACT_FILE}: written by an older version or by hand), so it cannot be reused "
                           f"safely; {ways_out}")
     if recorded.get("fingerprint") == fingerprint(identity):
+        return
+    old = {k: v for k, v in recorded.get("identity", {}).items() if k not in ignore}
+    if ignore and old == {k: v for k, v in identity.items() if k not in ignore}:
         return
     diff = differences(recorded.get("identity", {}), identity)
     shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")

@@ -80,18 +80,23 @@ def test_curricula_are_logged_and_move(workspace, uninterrupted):
     assert window[0] == 8 and window[-1] == 16 and window == sorted(window)  # distill/tiny: [8,8,12,12,16,16]
 
 
-def test_resumed_run_equals_uninterrupted(workspace, uninterrupted, monkeypatch):
+def crash_distillation(monkeypatch, workspace, name: str, at_step: int = 5) -> None:
+    """Run distillation `name` until it crashes at step `at_step` (its last checkpoint stays), then un-break it."""
     original = DistillModule.training_step
 
-    def crash_at_step_5(self, batch, batch_idx):
-        if self.global_step == 5:
+    def crash(self, batch, batch_idx):
+        if self.global_step == at_step:
             raise RuntimeError("simulated crash")
         return original(self, batch, batch_idx)
 
-    monkeypatch.setattr(DistillModule, "training_step", crash_at_step_5)
+    monkeypatch.setattr(DistillModule, "training_step", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        call_stage(compose_at(workspace, *distill_overrides(workspace, "resumed")))
+        call_stage(compose_at(workspace, *distill_overrides(workspace, name)))
     monkeypatch.setattr(DistillModule, "training_step", original)
+
+
+def test_resumed_run_equals_uninterrupted(workspace, uninterrupted, monkeypatch):
+    crash_distillation(monkeypatch, workspace, "resumed")
     assert (workspace / "resumed.lightning" / "last.ckpt").is_file()
     overrides = distill_overrides(workspace, "resumed")
     overrides[-1] = f"+output_dir={workspace / 'run_resumed2'}"
@@ -110,6 +115,28 @@ def test_resumed_run_equals_uninterrupted(workspace, uninterrupted, monkeypatch)
 
 def test_ddp_spawn_on_two_cpu_processes(workspace):
     summary = call_stage(compose_at(workspace, *distill_overrides(workspace, "ddp", "+trainer.strategy=ddp_spawn",
-                                                                  "trainer.devices=2")))
-    assert summary["steps"] == 2 * (48 // (8 * 2))
+                                                                  "trainer.devices=2", "stage.epochs=1")))
+    assert summary["steps"] == 48 // 8  # stage.batch_size is the global batch: the one-device step count
     assert (workspace / "ddp" / "merged" / "model.safetensors").is_file()
+    # the workers' training came back to the process that saved: the merged student is not the teacher
+    teacher, _ = load_tiny_teacher(workspace / "outputs" / "artifacts" / "teacher")
+    merged, _ = load_tiny_teacher(workspace / "ddp" / "merged")
+    assert any(not torch.equal(a, b) for a, b in zip(teacher.model.parameters(), merged.model.parameters(),
+                                                     strict=True))
+
+
+def test_step_batches_split_the_global_batch_over_ranks():
+    from d3llm_pipeline.config.schema import ConfigError
+    from d3llm_pipeline.training.distill_data import StepBatches
+
+    tensors = {"targets": torch.arange(48)[:, None]}
+    one = StepBatches(tensors, batch_size=8, seed=3, start_step=0, max_steps=12)
+    two = [StepBatches(tensors, 8, 3, 0, 12, rank=r, world_size=2) for r in range(2)]
+    four = [StepBatches(tensors, 8, 3, 0, 12, rank=r, world_size=4) for r in range(4)]
+    assert one.steps_per_epoch == two[0].steps_per_epoch == four[0].steps_per_epoch == 6
+    for step in range(12):  # the ranks' shares, in rank order, are exactly the one-device batch of the step
+        expected = one.batch_indices(step).tolist()
+        assert [i for b in two for i in b.batch_indices(step).tolist()] == expected
+        assert [i for b in four for i in b.batch_indices(step).tolist()] == expected
+    with pytest.raises(ConfigError, match="multiple of the 3 devices"):
+        StepBatches(tensors, 8, 3, 0, 12, rank=0, world_size=3)

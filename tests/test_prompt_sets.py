@@ -98,8 +98,8 @@ def test_distill_loss_keeps_left_padding_out_of_attention(tmp_path, tokenizer):
     assert not torch.allclose(masked, unmasked)  # the pads do change row 0's predictions when attended
     k = int(module.noisy_masks(batch, module._generator())[0].sum())
     # compute_loss's CE terms are the mean CE of the primary / complementary rows of the MASKED forward
-    assert float(terms["ce"]) == pytest.approx(float(masked[:k].mean()), rel=1e-5)
-    assert float(terms["ce_comp"]) == pytest.approx(float(masked[k:].mean()), rel=1e-5)
+    assert float(terms["ce"].detach()) == pytest.approx(float(masked[:k].mean().detach()), rel=1e-5)
+    assert float(terms["ce_comp"].detach()) == pytest.approx(float(masked[k:].mean().detach()), rel=1e-5)
 
 
 @needs_official

@@ -93,6 +93,14 @@ def _per_job(single: str, root: str, *, _root_) -> str:
     return f"{root}/{job_dirname(list(hydra_cfg.overrides.task), swept_keys(hydra_cfg.sweep.dir))}"
 
 
+def _on_gpu(accelerator) -> bool:
+    """${on_gpu:${trainer.accelerator}}: whether a Lightning accelerator value trains on GPUs (stage defaults such
+    as gradient checkpointing follow it: trainer=gpu|ddp|fsdp turn it on, trainer.accelerator=cpu keeps it off)."""
+    return str(accelerator).lower() in ("gpu", "cuda")
+
+
+if not OmegaConf.has_resolver("on_gpu"):
+    OmegaConf.register_new_resolver("on_gpu", _on_gpu)
 if not OmegaConf.has_resolver("cwd"):
     OmegaConf.register_new_resolver("cwd", os.getcwd)
 if not OmegaConf.has_resolver("per_job"):

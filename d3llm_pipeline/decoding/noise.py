@@ -33,9 +33,12 @@ def mix64(x: torch.Tensor) -> torch.Tensor:
 
 def counter_uniform(*keys: torch.Tensor | int) -> torch.Tensor:
     """Uniform draws in (0, 1), float64, broadcast over the shapes of `keys` (hashed in order)."""
-    h = torch.zeros((), dtype=torch.long)
+    device = next((k.device for k in keys if isinstance(k, torch.Tensor)), torch.device("cpu"))
+    h = torch.zeros((), dtype=torch.long, device=device)
     for key in keys:
-        key = torch.as_tensor(key, dtype=torch.long)
+        # an int key is filled on the device (torch.as_tensor(int) then .to(cuda) would be a blocking upload)
+        key = key.long() if isinstance(key, torch.Tensor) else torch.full((), int(key), dtype=torch.long,
+                                                                           device=device)
         h = mix64(h.to(key.device) ^ key)
     bits = _shr(h, 11)  # the top 53 bits, non-negative
     return (bits.double() + 0.5) / float(1 << 53)  # strictly inside (0, 1)

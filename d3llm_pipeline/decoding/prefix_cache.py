@@ -33,7 +33,7 @@ cached forward's logits on their own, so with Dream the first forwarded position
     state = PrefixCacheState.empty(batch, n_blocks, device)
     completed_at, target, full = plan_forward(masks, state.completed_at[rows], state.length[rows], it, ...)
     plan = PrefixCacheState.ours(target, full, state.length[rows])   # (start, length, phys) after the forward
-    groups = state.forward(model, x, attn, keep, rows, *plan)          # [(rows of the group, logits)]
+    groups = state.forward(model, x, attn, keep, rows, *plan)          # [(rows of the group, logits, n_g)]
 """
 
 from __future__ import annotations
@@ -168,35 +168,47 @@ class PrefixCacheState:
         length: torch.Tensor,
         phys: torch.Tensor,
         own_first: bool = False,
-    ) -> list[tuple[torch.Tensor | None, torch.Tensor]]:
+        host: tuple[list[int], list[int], list[bool], list[int]] | None = None,
+    ) -> list[tuple[torch.Tensor | None, torch.Tensor, int | None]]:
         """Per group of rows, (their indices into the A active rows or None for all, logits (n_g, V) of their
-        `keep` positions in row-major order); updates the cache of `rows` (A,).
+        `keep` positions in row-major order, n_g or None); updates the cache of `rows` (A,).
 
         x, attn: the active rows (A, L); rows: their indices into the batch; start (0 = a full forward), length,
         phys (A,): from a plan. One model call per distinct (start, entries held); a cached row attends to all
         its entries, and its new K/V go after them. The groups' logits are handed back as they are: reordering
         them into one row-major block would copy (n, V). own_first: see HFDiffusionAdapter.forward_kv.
+        host: the rows' (start, entries held, new K/V needed, kept positions) as host lists, read by the decoder
+        in its one sync of the iteration; without it they are read here (a sync) and the model's logits are
+        taken by boolean mask (another).
         """
         held = torch.where(start > 0, self.phys[rows], torch.zeros_like(start))  # (A,) entries attended to
-        starts, helds, phys_list = torch.stack([start, held, phys]).tolist()  # the iteration's one cache sync
+        if host is None:
+            starts, helds, phys_list = torch.stack([start, held, phys]).tolist()
+            needs, counts = [p > h for p, h in zip(phys_list, helds, strict=True)], None
+        else:
+            starts, helds, needs, counts = host
         groups = []
         batch = self.length.shape[0]
         for s, h in sorted(set(zip(starts, helds, strict=True))):
             local = [i for i, key in enumerate(zip(starts, helds, strict=True)) if key == (s, h)]
-            g = torch.tensor(local, device=x.device)
+            whole = len(local) == x.shape[0]
+            # the group's rows by index, sized on the host (neither a mask nor an upload of `local`: no sync)
+            g = None if whole else ((start == s) & (held == h)).nonzero_static(size=len(local)).squeeze(1)
             # Every sample of the batch in this group (always so at batch 1): plain slices, no gather / scatter.
-            global_rows = slice(None) if len(local) == batch else rows.index_select(0, g)
+            global_rows = slice(None) if len(local) == batch else rows.index_select(0, g) if g is not None else rows
             past = None if s == 0 else [(k[global_rows, :, :h], v[global_rows, :, :h])
                                         for k, v in zip(self.keys, self.values, strict=True)]
-            need_kv = any(phys_list[i] > h for i in local)
-            whole = len(local) == x.shape[0]
+            need_kv = any(needs[i] for i in local)
+            count = None if counts is None else sum(counts[i] for i in local)
+            extra = {"own_first": True} if own_first else {}
+            if count is not None:
+                extra["keep_count"] = count
             logits, kv = model.forward_kv(active_rows(x, g, whole), s, past,
                                           None if attn is None else active_rows(attn, g, whole),
-                                          active_rows(keep, g, whole), return_kv=need_kv,
-                                          **({"own_first": True} if own_first else {}))
+                                          active_rows(keep, g, whole), return_kv=need_kv, **extra)
             if need_kv:
                 self._write(global_rows, h, kv)
-            groups.append((None if whole else g, logits))
+            groups.append((None if whole else g, logits, count))
         self.forwarded.index_add_(0, rows, x.shape[1] - start)
         self.length.index_copy_(0, rows, length)  # never shrinks: complete blocks stay complete
         self.phys.index_copy_(0, rows, phys)

@@ -60,7 +60,7 @@ _CPU_CHUNK_BYTES = 1 << 20
 
 def predict(
     logits: torch.Tensor,
-    banned_ids: Iterable[int] = (),
+    banned_ids: Iterable[int] | torch.Tensor = (),
     temperature: float = 0.0,
     gumbel: torch.Tensor | None = None,
     consume: bool = False,
@@ -83,7 +83,7 @@ def predict(
         z = z.clone()
     z = z.reshape(-1, vocab)  # (n, V)
     noise = gumbel.reshape(-1, vocab) if gumbel is not None and temperature > 0 else None
-    banned = torch.tensor(sorted({int(i) for i in banned_ids}), dtype=torch.long, device=z.device)
+    banned = ids_tensor(banned_ids, z.device)
     n = z.shape[0]
     step = max(1, _CPU_CHUNK_BYTES // (z.element_size() * vocab)) if z.device.type == "cpu" else max(n, 1)
     parts = [_predict_rows(z[lo : lo + step], banned, temperature, None if noise is None else noise[lo : lo + step])
@@ -91,6 +91,18 @@ def predict(
     tokens, confidence, entropy = (torch.cat(t).reshape(lead) for t in zip(*parts, strict=True)) if parts else (
         z.new_zeros(lead, dtype=torch.long), z.new_zeros(lead), z.new_zeros(lead))
     return Prediction(tokens=tokens, confidence=confidence, entropy=entropy)
+
+
+def ids_tensor(ids: Iterable[int] | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Sorted distinct token ids as a long tensor on `device`, filled in place: `torch.tensor(list, device=cuda)`
+    would be a blocking upload (a host sync) on every call."""
+    if isinstance(ids, torch.Tensor):
+        return ids.to(device=device, dtype=torch.long)
+    values = sorted({int(i) for i in ids})
+    out = torch.empty(len(values), dtype=torch.long, device=device)
+    for i, value in enumerate(values):
+        out[i].fill_(value)  # a fill kernel with a Python scalar: no copy from the host
+    return out
 
 
 def _predict_rows(
@@ -138,15 +150,22 @@ def _max_with_index(probs: torch.Tensor, width: int = 64) -> tuple[torch.Tensor,
     return best, run * width + inside
 
 
-def scatter_prediction(flat: Prediction, where: torch.Tensor) -> Prediction:
+def scatter_prediction(flat: Prediction, where: torch.Tensor, count: int | None = None) -> Prediction:
     """Spread predictions made for the True entries of `where` (A, K), in row-major order, back to (A, K).
 
     Elsewhere: token 0, confidence 0 and entropy +inf (never better than a real candidate under either score).
+    `count`: the number of True entries, if the caller knows it; then no host sync is needed (a boolean-mask
+    assignment must read the mask to size its index on the host).
     """
     tokens = torch.zeros(where.shape, dtype=flat.tokens.dtype, device=where.device)
     confidence = torch.zeros(where.shape, dtype=flat.confidence.dtype, device=where.device)
     entropy = torch.full(where.shape, float("inf"), dtype=flat.entropy.dtype, device=where.device)
-    tokens[where], confidence[where], entropy[where] = flat.tokens, flat.confidence, flat.entropy
+    if count is None:
+        tokens[where], confidence[where], entropy[where] = flat.tokens, flat.confidence, flat.entropy
+    else:
+        at = where.reshape(-1).nonzero_static(size=count).squeeze(1)  # (n,) flat positions, row-major
+        for target, source in ((tokens, flat.tokens), (confidence, flat.confidence), (entropy, flat.entropy)):
+            target.view(-1).index_copy_(0, at, source.reshape(-1))
     return Prediction(tokens=tokens, confidence=confidence, entropy=entropy)
 
 

@@ -18,9 +18,11 @@ multi_block.py; the knobs (`DecodeSpec`) and the helpers every decoder shares li
     result = decode(lm, prompt_ids, spec)              # lm: a DiffusionLM
     result.sequences  # (B, P+G)   result.nfe  # (B,)   result.unmask_step  # (B, G)   result.tokens  # (B,)
 
-The loop is vectorised over samples and positions; the only host syncs per iteration are gathering the
-indices of the still-active samples (which also decides whether to stop) and, inside the model call, selecting
-the candidate positions whose logits are computed (`keep`: the LM head runs on those alone).
+The loop is vectorised over samples and positions and makes one host sync per forward: after each step a
+single copy of two numbers (rows still active, candidate positions of their current blocks) tells whether to
+stop and sizes the next step: the active rows' indices and the LM head's rows (`keep`: it runs on the candidates
+alone) are then taken by index, never by a boolean mask. The first step needs no sync: every row is active with a
+whole block of MASKs. tests/test_host_syncs.py counts them (decoding/sync_counter.py).
 """
 
 from __future__ import annotations
@@ -30,15 +32,19 @@ import torch
 from d3llm_pipeline.decoding.metrics import generated_token_counts
 from d3llm_pipeline.decoding.multi_block import decode_multi_block
 from d3llm_pipeline.decoding.noise import gumbel_noise
-from d3llm_pipeline.decoding.selection import predict, scatter_prediction, select_tokens
+from d3llm_pipeline.decoding.selection import ids_tensor, predict, scatter_prediction, select_tokens
 from d3llm_pipeline.decoding.spec import (
     DecodeResult,
     DecodeSpec,
+    active_index,
     active_rows,
     apply_early_stop,
     banned_ids,
     build_attention,
     decode_defaults,
+    host_values,
+    select_rows,
+    takes_keep_count,
 )
 from d3llm_pipeline.models.adapter import DiffusionLM
 
@@ -56,6 +62,14 @@ def _current_block_positions(gen_mask: torch.Tensor, block_size: int) -> torch.T
     return current[:, None] * block_size + offsets[None, :]  # (A, K)
 
 
+def _next_step(gen: torch.Tensor, mask_id: int, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(active (B,) rows that still hold a MASK, total MASKs in their current blocks ()) on the device."""
+    rows, gen_len = gen.shape
+    per_block = (gen == mask_id).view(rows, gen_len // block_size, block_size).sum(-1)  # (B, NB)
+    current = (per_block > 0).to(torch.uint8).argmax(dim=-1, keepdim=True)  # (B, 1) first block with a MASK
+    return per_block.sum(-1) > 0, per_block.gather(1, current).sum()
+
+
 def _step(
     model: DiffusionLM,
     x: torch.Tensor,
@@ -65,10 +79,13 @@ def _step(
     prompt_len: int,
     spec: DecodeSpec,
     sample_keys: torch.Tensor,
+    n_candidates: int | None = None,
+    banned: torch.Tensor | None = None,
 ) -> None:
     """One forward pass over the active rows x (A, P+G); updates x and unmask (A, G) in place.
 
-    step: (A,) each row's own 0-based forward index for this pass; sample_keys: (A,) noise keys.
+    step: (A,) each row's own 0-based forward index for this pass; sample_keys: (A,) noise keys; n_candidates:
+    the number of masked positions in the rows' current blocks, if known (then the step makes no host sync).
     """
     mask_id, eos_id = model.mask_token_id, model.eos_token_id
     gen = x[:, prompt_len:]  # (A, G) view into x
@@ -79,15 +96,16 @@ def _step(
     # Logits only where a token can be accepted: the current block's masked positions, flattened (n, V).
     keep = torch.zeros_like(x, dtype=torch.bool)  # (A, P+G)
     keep[:, prompt_len:].scatter_(1, pos, candidates)
-    flat = model.logits(x, attn, keep=keep)  # (n, V), row-major order of the candidates
+    counted = {"keep_count": n_candidates} if n_candidates is not None else {}
+    flat = model.logits(x, attn, keep=keep, **counted)  # (n, V), row-major order of the candidates
     vocab = flat.shape[-1]
     gumbel = None
     if spec.temperature > 0:  # noise keyed by (seed, sample, own step, position, token): batch-independent
-        gumbel = gumbel_noise(spec.seed, sample_keys, step, pos, vocab)[candidates]  # (n, V)
+        gumbel = select_rows(gumbel_noise(spec.seed, sample_keys, step, pos, vocab), candidates, n_candidates)
     pred = scatter_prediction(
-        predict(flat, banned_ids=banned_ids(model), temperature=spec.temperature, gumbel=gumbel, consume=True,
-                dtype=spec.entropy_dtype),
-        candidates,
+        predict(flat, banned_ids=banned_ids(model) if banned is None else banned, temperature=spec.temperature,
+                gumbel=gumbel, consume=True, dtype=spec.entropy_dtype),
+        candidates, n_candidates,
     )  # fields (A, K)
     accept = select_tokens(
         pred, candidates, spec.rule, spec.score, spec.threshold, spec.tokens_per_step,
@@ -134,18 +152,25 @@ def decode(
         sample_keys = torch.arange(batch, device=device)
     sample_keys = sample_keys.to(device=device, dtype=torch.long)  # (B,)
 
-    for _ in range(spec.forward_cap):
-        active = (x[:, prompt_len:] == mask_id).any(dim=-1)  # (B,)
-        idx = active.nonzero().squeeze(-1)  # (A,); the one host sync of the iteration
-        if idx.numel() == 0:
+    counted = takes_keep_count(model)
+    banned = ids_tensor(banned_ids(model), device)
+    # The first step is known on the host: every row is active, its first block all MASK.
+    n_active, n_candidates, active = batch, batch * spec.block_size, None
+    for it in range(spec.forward_cap):
+        if it > 0:  # the one host sync of the iteration: stop? how many rows and candidates?
+            active, n_candidates = _next_step(x[:, prompt_len:], mask_id, spec.block_size)
+            n_active, n_candidates = host_values(active.sum(), n_candidates)
+        if n_active == 0:
             break
-        everyone = idx.numel() == batch  # then work on the batch tensors in place: no gather / scatter back
+        idx, everyone = active_index(active, n_active, batch) if it > 0 else (torch.arange(batch, device=device),
+                                                                              True)
         rows_x = active_rows(x, idx, everyone)  # (A, P+G), updated in place below
         rows_unmask = active_rows(unmask_step, idx, everyone)  # (A, G)
         rows_attn = active_rows(attn, idx, everyone) if attn is not None else None
         step = nfe.clone() if everyone else nfe.index_select(0, idx)  # (A,) own forward index of this pass
         keys = active_rows(sample_keys, idx, everyone)
-        _step(model, rows_x, rows_attn, step, rows_unmask, prompt_len, spec, keys)
+        _step(model, rows_x, rows_attn, step, rows_unmask, prompt_len, spec, keys,
+              n_candidates if counted else None, banned)
         nfe.index_add_(0, idx, torch.ones_like(idx))
         if not everyone:
             x.index_copy_(0, idx, rows_x)

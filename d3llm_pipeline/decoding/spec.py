@@ -101,14 +101,48 @@ def banned_ids(model) -> list[int]:
                                                                                    model.pad_token_id]
 
 
+def takes_keep_count(model, method: str = "logits") -> bool:
+    """Whether model.<method> accepts `keep_count` (our adapter does; simple test doubles may not)."""
+    import inspect
+
+    params = inspect.signature(getattr(model, method)).parameters
+    return "keep_count" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def host_values(*values: torch.Tensor) -> list[int]:
+    """Scalars (0-dim) or vectors of ints read in one device -> host copy: a decoder's one sync per forward."""
+    flat = torch.cat([v.reshape(-1).long() for v in values])
+    return flat.tolist()
+
+
+def select_rows(t: torch.Tensor, where: torch.Tensor, count: int | None) -> torch.Tensor:
+    """t[where] for a bool mask `where` over t's leading dims; by index when its True count is known (no sync)."""
+    if count is None:
+        return t[where]
+    flat = t.reshape(-1, *t.shape[where.dim():])
+    return flat.index_select(0, where.reshape(-1).nonzero_static(size=count).squeeze(1))
+
+
+def active_index(active: torch.Tensor, count: int, batch: int) -> tuple[torch.Tensor, bool]:
+    """(indices (A,) of the True rows of active (B,), whether that is every row), A = count known on the host:
+    no host sync (nonzero would need one to size its output)."""
+    if count == batch:
+        return torch.arange(batch, device=active.device), True
+    return active.nonzero_static(size=count).squeeze(1), False
+
+
 def active_rows(t: torch.Tensor, idx: torch.Tensor, everyone: bool) -> torch.Tensor:
     """The rows `idx` of t as a copy, or t itself when every row is active (updated in place, no copy back)."""
     return t if everyone else t.index_select(0, idx)
 
 
 def build_attention(prompt_attention_mask: torch.Tensor | None, gen_length: int) -> torch.Tensor | None:
-    """(B, P+G) mask: the prompt's own mask followed by ones for the generation region, or None."""
-    if prompt_attention_mask is None:
+    """(B, P+G) mask: the prompt's own mask followed by ones for the generation region, or None.
+
+    None also when the prompts hold no padding (one host read per decode call): transformers' SDPA path skips
+    an all-ones mask anyway, but only after reading it on the host at every forward.
+    """
+    if prompt_attention_mask is None or bool(prompt_attention_mask.all()):
         return None
     ones = torch.ones(prompt_attention_mask.shape[0], gen_length, dtype=prompt_attention_mask.dtype,
                       device=prompt_attention_mask.device)

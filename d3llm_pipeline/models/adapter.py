@@ -84,19 +84,44 @@ class HFDiffusionAdapter(torch.nn.Module):
         # Remote-code forwards may not take logits_to_keep: then full logits are computed and sliced here.
         self._takes_keep = "logits_to_keep" in params or any(
             p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        # With `keep_count` the LM head's input rows are picked by a pre-hook (index_select of a known count)
+        # instead of a boolean mask, which would need a host sync to size its output.
+        self._head_rows: torch.Tensor | None = None
+        try:
+            head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        except (NotImplementedError, AttributeError):  # remote code may not say which module is its head
+            head = None
+        self._has_head_hook = isinstance(head, torch.nn.Linear)  # (an Embedding here would be the input's)
+        if self._has_head_hook:
+            head.register_forward_pre_hook(self._select_head_rows)
+        # transformers' GPT-2 reads two input ids on the host every forward without an attention mask, only to
+        # warn once about padding: a host sync per forward; the decoders' inputs are never ambiguous that way.
+        for module in model.modules():
+            if hasattr(module, "warn_if_padding_and_no_attention_mask"):
+                module.warn_if_padding_and_no_attention_mask = _no_padding_warning
+
+    def _select_head_rows(self, module, args):
+        """Forward pre-hook of the LM head: only the rows `forward_kv` asked for, as (n, H)."""
+        if self._head_rows is None:
+            return None
+        hidden = args[0]
+        return (hidden.reshape(-1, hidden.shape[-1]).index_select(0, self._head_rows), *args[1:])
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     def logits(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, keep: torch.Tensor | None = None
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, keep: torch.Tensor | None = None,
+        keep_count: int | None = None,
     ) -> torch.Tensor:
-        """Aligned logits (B, L, V), or only the `keep` (B, L) positions as (keep.sum(), V)."""
+        """Aligned logits (B, L, V), or only the `keep` (B, L) positions as (keep.sum(), V).
+
+        keep_count: keep.sum() if the caller knows it (no host sync then; see `forward_kv`)."""
         if keep is None:
             out = self.model(input_ids=input_ids, attention_mask=attention_mask)
             return align_logits(out.logits, self.shift_logits)
-        return self.forward_kv(input_ids, 0, None, attention_mask, keep, return_kv=False)[0]
+        return self.forward_kv(input_ids, 0, None, attention_mask, keep, return_kv=False, keep_count=keep_count)[0]
 
     def forward_kv(
         self,
@@ -107,6 +132,7 @@ class HFDiffusionAdapter(torch.nn.Module):
         keep: torch.Tensor | None = None,
         return_kv: bool = True,
         own_first: bool = False,
+        keep_count: int | None = None,
     ) -> tuple[torch.Tensor, KV | None]:
         """Forward positions [start, L) of input_ids (B, L) on top of `past`, the K/V of positions [0, start).
 
@@ -119,6 +145,10 @@ class HFDiffusionAdapter(torch.nn.Module):
         tracked length; the suffix then still gets RoPE positions from `start`), and `own_first` makes a shifted
         model's first forwarded position take its own output, as the official code's shift of the suffix's
         logits does, instead of re-running position start-1.
+
+        keep_count: the number of True entries of keep[:, start:], if the caller knows it. The LM head then gets
+        exactly those rows by index (same rows, same order, same values as the mask would give) and the call
+        makes no host sync; without it the boolean mask is applied, which must read the mask on the host.
         """
         assert (start == 0) == (past is None), "past must hold exactly the positions before start"
         run_from = start
@@ -133,7 +163,10 @@ class HFDiffusionAdapter(torch.nn.Module):
             positions = torch.arange(run_from, input_ids.shape[1], device=input_ids.device)
             kwargs["position_ids"] = positions[None].expand(input_ids.shape[0], -1)
         twice = None  # own_first: rows whose raw output `start` serves aligned positions start and start+1
-        if keep is not None:
+        by_index = keep is not None and keep_count is not None and self._has_head_hook
+        if by_index:
+            head_rows = self._head_rows = self._head_row_index(keep, keep_count, start, run_from, own_first)
+        elif keep is not None:
             raw_keep = keep[:, run_from:]
             if self.shift_logits:  # aligned position i is raw output i-1 (position 0 is prompt, never kept)
                 raw_keep = torch.cat([raw_keep[:, 1:], torch.zeros_like(raw_keep[:, :1])], dim=1)
@@ -147,9 +180,16 @@ class HFDiffusionAdapter(torch.nn.Module):
 
             kwargs[self._cache_kwarg] = DynamicCache(ddp_cache_data=past) if past is not None else None
             kwargs["use_cache"] = True
-        out = self.model(**kwargs)
+        try:
+            out = self.model(**kwargs)
+        finally:
+            self._head_rows = None
         logits = out.logits
-        if keep is not None and logits.dim() == 3:  # the model ignored logits_to_keep: (B, L - run_from, V)
+        if by_index and logits.dim() == 3:  # the head ran without its module (e.g. a tied F.linear): select here
+            logits = logits.reshape(-1, logits.shape[-1]).index_select(0, head_rows)
+        elif by_index:
+            pass  # already (keep_count, V) in aligned row-major order
+        elif keep is not None and logits.dim() == 3:  # the model ignored logits_to_keep: (B, L - run_from, V)
             logits = logits[raw_keep]
         if twice is not None and bool(twice.any()):  # (one host sync, reference plan only) duplicate those rows
             repeats = torch.ones_like(raw_keep, dtype=torch.long)
@@ -163,3 +203,19 @@ class HFDiffusionAdapter(torch.nn.Module):
             new_from = past_len + start - run_from  # the cache holds past, then [run_from, L)
             kv = [(layer.keys[:, :, new_from:], layer.values[:, :, new_from:]) for layer in cache.layers]
         return logits, kv
+
+    def _head_row_index(self, keep: torch.Tensor, count: int, start: int, run_from: int, own_first: bool
+                        ) -> torch.Tensor:
+        """(count,) indices into the flattened (B * (L - run_from), H) LM-head input for the kept aligned
+        positions of keep[:, start:], in row-major order. Aligned position i is raw output i (no shift), i-1
+        (shifted), and for a shifted cached forward with own_first its first position is its own output."""
+        width = keep.shape[1] - start
+        flat = keep[:, start:].reshape(-1).nonzero_static(size=count).squeeze(1)  # (n,)
+        row, col = flat // width, flat % width  # col: aligned position - start
+        if self.shift_logits and (start == 0 or own_first):
+            col = (col - 1).clamp(min=0)  # raw output i-1, relative to run_from (== start here)
+        return row * (keep.shape[1] - run_from) + col
+
+
+def _no_padding_warning(*args, **kwargs) -> None:
+    """Stands in for transformers' per-forward padding check (a host read of the input ids, for a warning)."""

@@ -15,6 +15,7 @@ as an uninterrupted run. A multirun ends by evaluating and ranking its students 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -39,7 +40,14 @@ from d3llm_pipeline.stages.common import setup_run, task_splits
 from d3llm_pipeline.training.curriculum import MaskRatioCurriculum, WindowCurriculum
 from d3llm_pipeline.training.distill_data import DistillDataModule
 from d3llm_pipeline.training.distill_module import DistillModule
-from d3llm_pipeline.training.fit import SUMMARY_FILE, trainer_identity, trainer_kwargs, validation_evaluator
+from d3llm_pipeline.training.fit import (
+    SUMMARY_FILE,
+    WORLD_KEYS,
+    launcher_rank,
+    trainer_identity,
+    trainer_kwargs,
+    validation_evaluator,
+)
 from d3llm_pipeline.training.loggers import make_lightning_logger
 from d3llm_pipeline.trajectories.store import dataset_fingerprint
 
@@ -62,7 +70,8 @@ def student_identity(cfg: DictConfig, stage: DistillStageConfig, distill: Distil
 
 def _world_size(cfg: DictConfig) -> int:
     devices = cfg.trainer.get("devices", 1)
-    return devices if isinstance(devices, int) and devices > 0 else 1
+    nodes = cfg.trainer.get("num_nodes", 1)
+    return (devices if isinstance(devices, int) and devices > 0 else 1) * (nodes if isinstance(nodes, int) else 1)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -76,11 +85,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     identity = student_identity(cfg, stage, distill)
     ways_out = ("retrain it there with stage.overwrite=true, or distil into another dir with "
                 "paths.student_dir=<dir> (stage.out_dir=<dir>)")
-    if not stage.overwrite and artifacts.reusable(out_dir / "merged", "student", identity, ways_out, SUMMARY_FILE):
+    lead = launcher_rank() == 0  # a process Lightning's ddp / fsdp re-launched for another device: no artifact I/O
+    if lead and not stage.overwrite and artifacts.reusable(out_dir / "merged", "student", identity, ways_out,
+                                                           SUMMARY_FILE):
         log.info("student already distilled at %s with these settings; reusing it (stage.overwrite=true retrains)",
                  out_dir)
         return json.loads((out_dir / "merged" / SUMMARY_FILE).read_text())
-    with artifacts.artifact_lock(out_dir):
+    with artifacts.artifact_lock(out_dir) if lead else contextlib.nullcontext():
         return _distill(cfg, stage, distill, task, val_decode, threads, out_dir, identity)
 
 
@@ -88,11 +99,13 @@ def _distill(cfg: DictConfig, stage: DistillStageConfig, distill: DistillConfig,
              task: ArithTaskConfig | PromptSetTaskConfig, val_decode: DecodeConfig, threads: int, out_dir: Path,
              identity: dict[str, Any]) -> dict[str, Any]:
     ckpt_dir = out_dir.with_name(out_dir.name + ".lightning")
-    if stage.overwrite:
+    lead = launcher_rank() == 0
+    if lead and stage.overwrite:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
-    elif stage.resume and (ckpt_dir / "last.ckpt").is_file():
+    elif lead and stage.resume and (ckpt_dir / "last.ckpt").is_file():  # on any number of devices (WORLD_KEYS)
         artifacts.check_same(ckpt_dir, "unfinished distillation run", identity,
-                             "resume it with its own settings, or start over with stage.overwrite=true")
+                             "resume it with its own settings, or start over with stage.overwrite=true",
+                             ignore=WORLD_KEYS)
 
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     # the teacher in model.dtype (bf16 presets: half the memory of fp32; the LoRA matrices stay fp32)
@@ -128,7 +141,8 @@ def _distill(cfg: DictConfig, stage: DistillStageConfig, distill: DistillConfig,
     log.info("distill %s: %d LoRA parameters, %d steps (%d epochs x %d), %d threads%s", distill.name, trainable,
              max_steps, stage.epochs, steps_per_epoch, threads, f", resuming {ckpt_path}" if ckpt_path else "")
 
-    artifacts.write_identity(ckpt_dir, "student", identity)  # what the resume checkpoints belong to
+    if lead:
+        artifacts.write_identity(ckpt_dir, "student", identity)  # what the resume checkpoints belong to
     start = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     wall = time.perf_counter() - start

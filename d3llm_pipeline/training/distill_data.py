@@ -5,6 +5,11 @@ picks a permutation seeded by (seed, e), and s's slice of it. A run resumed from
 therefore sees exactly the batches an uninterrupted run would (Lightning would otherwise restart the epoch's
 DataLoader from its first batch).
 
+`batch_size` is the *global* batch: with W devices (DDP / FSDP) each rank takes its 1/W share of the step's rows
+(rank k: rows [k B/W, (k+1) B/W) of the slice), so steps per epoch, the schedules built on them and the rows of
+every step do not depend on W, and a run resumes on another number of devices where it stopped. B must be a
+multiple of W.
+
     data = DistillDataModule(trajectory_dir, batch_size=32, seed=0, targets="teacher", only_correct=True)
 """
 
@@ -47,24 +52,29 @@ def load_distill_tensors(trajectory_dir: str, targets: str, only_correct: bool) 
 
 
 class StepBatches(IterableDataset):
-    """Yields the batches of steps start_step, start_step + 1, ..., max_steps - 1 for one rank."""
+    """Yields one rank's share of the batches of steps start_step, ..., max_steps - 1 (batch_size: global)."""
 
     def __init__(self, tensors: dict[str, torch.Tensor], batch_size: int, seed: int, start_step: int,
                  max_steps: int, rank: int = 0, world_size: int = 1) -> None:
         self.tensors, self.batch_size, self.seed = tensors, batch_size, seed
         self.start_step, self.max_steps, self.rank, self.world = start_step, max_steps, rank, world_size
+        if batch_size % world_size:
+            raise ConfigError(f"stage.batch_size={batch_size} (the global batch) must be a multiple of the "
+                              f"{world_size} devices (trainer.devices x trainer.num_nodes); set stage.batch_size="
+                              f"{max(world_size, batch_size // world_size * world_size)} or change trainer.devices")
+        self.per_rank = batch_size // world_size
         n = len(tensors["targets"])
-        self.steps_per_epoch = n // (batch_size * world_size)
+        self.steps_per_epoch = n // batch_size
         if self.steps_per_epoch < 1:
-            raise ConfigError(f"stage.batch_size={batch_size} x {world_size} device(s) exceeds the {n} training "
-                              "trajectories; lower stage.batch_size or label more prompts")
+            raise ConfigError(f"stage.batch_size={batch_size} exceeds the {n} training trajectories; lower "
+                              "stage.batch_size or label more prompts")
 
     def batch_indices(self, step: int) -> torch.Tensor:
         epoch, within = divmod(step, self.steps_per_epoch)
         order = torch.randperm(len(self.tensors["targets"]),
                                generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
-        lo = (within * self.world + self.rank) * self.batch_size
-        return order[lo : lo + self.batch_size]
+        lo = within * self.batch_size + self.rank * self.per_rank
+        return order[lo : lo + self.per_rank]
 
     def __iter__(self):
         for step in range(self.start_step, self.max_steps):

@@ -1,0 +1,33 @@
+"""benchmarks/gpu_decode.py runs on CPU with --tiny (the 8B-shaped code path at CPU size) and reports every field."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_tiny_run_reports_every_decoder(tmp_path):
+    out = tmp_path / "rows.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_decode.py"), "--tiny", "--presets",
+                           "llada,dream", "--batch-sizes", "2", "--decode-repeats", "1", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())
+    assert {(r["preset"], r["decoder"]) for r in rows} == {
+        (p, d) for p in ("llada", "dream") for d in ("vanilla", "threshold", "d3llm", "d3llm+cache")}
+    for r in rows:
+        assert r["device"] == "cpu" and r["batch"] == 2 and r["iterations"] == 16  # --tiny caps at 16 forwards
+        assert r["tokens_per_s"] > 0 and r["bare_forward_ms"] > 0 and r["peak_gib"] > 0
+        assert 0 < r["syncs_per_forward"] <= 1
+    assert "step/fwd" in proc.stdout
+
+
+def test_official_dir_without_the_decoder_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_decode.py"), "--tiny", "--official",
+                           str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().count("\n") == 0 and "d3llm_llada_generate_util.py" in proc.stderr

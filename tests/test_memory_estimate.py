@@ -1,0 +1,73 @@
+"""The 8B LoRA memory estimate (models/memory.py) and the preset shapes it reads (models/families/shapes.py).
+
+Arithmetic checked by hand on a 2-layer, 64-wide LLaDA-shaped model; the published shapes give the README's
+parameter counts; the CLI prints every strategy.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from d3llm_pipeline.models.families.shapes import meta_model_of
+from d3llm_pipeline.models.memory import estimate, main, shape_of
+
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    # LLaDA layout at layers 2, hidden 64 (1 head of 64, no GQA), MLP 12288 * 64 / 4096 = 192, vocab 100
+    return shape_of(meta_model_of("llada_8b_instruct", layers=2, hidden=64, vocab=100), 4, TARGETS)
+
+
+def test_shape_by_hand(tiny):
+    per_layer = 4 * 64 * 64 + 3 * 64 * 192 + 2 * 64  # q k v o, gate up down, two RMSNorm weights
+    assert tiny.params == 100 * 64 * 2 + 64 + 2 * per_layer  # embedding + untied head + final norm + layers
+    assert tiny.layer_params == per_layer
+    # r (in + out): 4 x (64 + 64) for q k v o, 4 x (64 + 192) for gate and up, 4 x (192 + 64) for down; 2 layers
+    assert tiny.lora_params == 2 * (4 * 4 * 128 + 2 * 4 * 256 + 4 * 256)
+    assert (tiny.layers, tiny.hidden, tiny.kv_hidden, tiny.intermediate, tiny.vocab) == (2, 64, 64, 192, 100)
+
+
+def test_estimate_by_hand(tiny):
+    # batch 2 x (6 + 10) tokens, two passes: 64 tokens per step; bf16 compute (2 bytes)
+    per_layer = (7 * 64 + 3 * 64 + 4 * 192 + 7 * 4) * 2  # 1436 elements
+    full = estimate(tiny, 4, "gpu", batch=2, prompt=6, gen=10, checkpointing=False)
+    assert full.weights == tiny.params * 2
+    assert full.lora_states == tiny.lora_params * 16
+    assert full.activations == 64 * 2 * per_layer
+    assert full.logits == 2 * 10 * 100 * 10
+    assert full.total == full.weights + full.lora_states + full.activations + full.logits
+    ckpt = estimate(tiny, 4, "gpu", batch=2, prompt=6, gen=10, checkpointing=True)
+    assert ckpt.activations == 64 * (2 * 64 * 2 + per_layer)  # layer inputs + one layer recomputed
+    cpu = estimate(tiny, 4, "cpu", batch=2, prompt=6, gen=10, checkpointing=False)
+    assert cpu.activations == 2 * full.activations  # fp32 compute
+
+
+def test_strategies_share_what_they_should(tiny):
+    gpu = estimate(tiny, 4, "gpu", devices=8, batch=2)
+    ddp = estimate(tiny, 4, "ddp", devices=8, batch=2)
+    fsdp = estimate(tiny, 4, "fsdp", devices=8, batch=2)
+    layer = estimate(tiny, 4, "fsdp", devices=8, batch=2, fsdp_wrap="layer")
+    assert gpu.devices == 1 and ddp == estimate(tiny, 4, "ddp", devices=8, batch=2)
+    assert ddp.total == gpu.total and ddp.devices == 8  # DDP replicates everything
+    assert fsdp.weights == ddp.weights / 8 and fsdp.lora_states == ddp.lora_states / 8
+    assert fsdp.gathered == ddp.weights - fsdp.weights  # no wrap policy: the whole model gathered
+    assert layer.gathered == 2 * tiny.layer_params * 2  # one layer computing, the next prefetched
+    with pytest.raises(ValueError, match="--strategy"):
+        estimate(tiny, 4, "zero3")
+
+
+def test_published_shapes_and_cli(capsys):
+    assert sum(p.numel() for p in meta_model_of("llada_8b_instruct").parameters()) == 8_015_581_184
+    assert sum(p.numel() for p in meta_model_of("dream_7b_instruct").parameters()) == 7_615_616_512
+    big = shape_of(meta_model_of("llada_8b_instruct"), 256, TARGETS)
+    ddp, fsdp = (estimate(big, 256, s, devices=8, batch=4) for s in ("ddp", "fsdp"))
+    layer = estimate(big, 256, "fsdp", devices=8, batch=4, fsdp_wrap="layer")
+    assert layer.total < fsdp.total < ddp.total  # at 8B, sharding pays even when the whole model is gathered
+    main(["--preset", "llada_8b_instruct", "--strategy", "all", "--devices", "8"])
+    out = capsys.readouterr().out
+    assert "8.02 B parameters" in out and "671.1 M" in out
+    assert all(f"\n{s} " in out for s in ("cpu", "gpu", "ddp", "fsdp"))
+    with pytest.raises(SystemExit, match="unknown model preset"):
+        main(["--preset", "llama_70b"])
