@@ -134,6 +134,23 @@ def test_shards_then_merge_equal_one_process(teacher_dir, tmp_path, reference_ro
     assert rows_of(out) == reference_rows
 
 
+def test_eight_shards_merge_to_the_one_process_dataset(teacher_dir, tmp_path, reference_rows):
+    """The node-local layout of issue 12 (one shard per GPU, 8 GPUs), here on the CPU: 8 shards of 5 rows."""
+    out = tmp_path / "traj"
+    for shard in reversed(range(8)):
+        run_trajectory(teacher_dir, out, "stage.num_shards=8", f"stage.shard={shard}")
+    run_trajectory(teacher_dir, out, stage="trajectory_merge")
+    assert rows_of(out) == reference_rows
+
+
+def test_each_multirun_job_gets_its_own_gpu():
+    from d3llm_pipeline.config import job_device
+
+    assert [job_device(n, 8) for n in (0, 7, 8, 13)] == ["cuda:0", "cuda:7", "cuda:0", "cuda:5"]
+    assert job_device(3, 1) == "cuda:0"  # Slurm: each job sees only its own GPU
+    assert job_device(3, 0) == "auto" and job_device(None, 8) == "auto"  # no GPU / not a multirun job
+
+
 def test_resume_after_crash_equals_uninterrupted_run(teacher_dir, tmp_path, reference_rows, monkeypatch):
     out = tmp_path / "traj"
     real_write = store.write_chunk

@@ -99,6 +99,27 @@ def _on_gpu(accelerator) -> bool:
     return str(accelerator).lower() in ("gpu", "cuda")
 
 
+def job_device(job_num: int | None, visible_gpus: int) -> str:
+    """Multirun job `job_num`'s device on a node with `visible_gpus` GPUs: cuda:<job_num mod visible_gpus>, so N
+    parallel shards spread over the GPUs (under Slurm each job sees its own GPU as cuda:0); auto without a GPU or
+    outside a multirun."""
+    if job_num is None or visible_gpus < 1:
+        return "auto"
+    return f"cuda:{job_num % visible_gpus}"
+
+
+def _job_device() -> str:
+    """${job_device:}: `device='${job_device:}'` gives each multirun job its own GPU (job_device)."""
+    hydra_cfg = _multirun()
+    if hydra_cfg is None:
+        return "auto"
+    import torch  # only when the resolver is used: config validation must not pay for torch
+
+    return job_device(int(hydra_cfg.job.num), torch.cuda.device_count())
+
+
+if not OmegaConf.has_resolver("job_device"):
+    OmegaConf.register_new_resolver("job_device", _job_device)
 if not OmegaConf.has_resolver("on_gpu"):
     OmegaConf.register_new_resolver("on_gpu", _on_gpu)
 if not OmegaConf.has_resolver("cwd"):
