@@ -194,6 +194,7 @@ def test_threshold_sweep_on_a_benchmark_writes_the_aup_report(llada_bench):
         assert metrics["n"] == len(records) == 3
         assert metrics["task"]["lmeval_task"] == "d3llm_gsm8k_cot_zeroshot" and metrics["metric"] == "flexible_extract"
         assert metrics["accuracy"] == metrics["metrics"]["flexible_extract"]
+        assert metrics["decoder"]["accept_global_best_resolved"] is True  # null ran as LLaDA's global-best rule
         assert metrics["total_nfe"] == sum(r["nfe"] for r in records)
         assert metrics["total_tokens"] == sum(r["tokens"] for r in records)
         assert metrics["tpf"] == pytest.approx(metrics["total_tokens"] / metrics["total_nfe"])

@@ -65,7 +65,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "stage": "eval",
         "model": {"name": model_cfg.name, "family": model_cfg.family, "path": model_cfg.path,
                   "fingerprint": artifacts.model_fingerprint(model_cfg.path)},
-        "decoder": {"name": dec.name, **asdict(spec), "batch_size": dec.batch_size},
+        "decoder": {"name": dec.name, **asdict(spec), "batch_size": dec.batch_size,
+                    **_rule_that_ran(spec, model_cfg.family)},
         "task": task_info,
         "request": artifacts.eval_request(cfg),  # what these numbers depend on (stage.reuse_evals compares it)
         "device": str(job.device),
@@ -80,6 +81,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     log.info("eval: accuracy %.4f, TPF %.3f, %d forwards, %.1f tokens/s -> %s",
              summary["accuracy"], summary["tpf"], summary["total_nfe"], summary["tokens_per_s"] or 0, out_dir)
     return metrics
+
+
+def _rule_that_ran(spec, family: str) -> dict[str, Any]:
+    """decode.accept_global_best=null means the model family's acceptance rule: record which one ran."""
+    if spec.rule != "d3llm" or spec.accept_global_best is not None:
+        return {}
+    from d3llm_pipeline.models.families import get_family
+
+    return {"accept_global_best_resolved": get_family(family).decode_defaults.accept_global_best}
 
 
 def _log_to_wandb(cfg: DictConfig, metrics: dict[str, Any]) -> None:
