@@ -19,7 +19,7 @@ class TeacherStageConfig:
     out_dir: str = "outputs/artifacts/teacher"  # where the checkpoint is written (= model.path outside multiruns)
     max_steps: int = 4800
     batch_size: int = 32
-    lr: float = 2e-3
+    lr: float = 1e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 50
     weight_decay: float = 0.01
