@@ -117,10 +117,11 @@ def test_variant_experiment_goes_on_top_of_the_users():
         variant_overrides(["decode=vanilla"], "full")
 
 
-# stage=pipeline's smoke steps, but a teacher of 60 steps: it already emits non-EOS tokens (TPF > 0) while
-# staying seconds-cheap (accuracy is still 0).
-STEPS = steps_override({**STEP_OVERRIDES, "teacher": ["stage.max_steps=60", "stage.warmup_steps=1",
-                                                      "stage.batch_size=8", "stage.val_every=1000", "stage.val_problems=4"]})
+# stage=pipeline's smoke steps, but a teacher of 60 steps at the old lr 2e-3: it already emits non-EOS tokens
+# (TPF > 0; at the default 1e-3 it still writes only EOS) while staying seconds-cheap (accuracy is still 0).
+STEPS = steps_override({**STEP_OVERRIDES, "teacher": ["stage.max_steps=60", "stage.lr=2e-3", "stage.warmup_steps=1",
+                                                      "stage.batch_size=8", "stage.val_every=1000",
+                                                      "stage.val_problems=4"]})
 
 
 def test_ablation_stage_end_to_end(tmp_path):
