@@ -88,13 +88,14 @@ def model_fingerprint(path: str | Path) -> str:
     return fingerprint({"weights": weights})
 
 
-def eval_request(cfg: Any) -> str:
-    """What an eval's result depends on: the model's fingerprint, the seed and the decode / task / stage sections
-    (a composed stage=eval config). Two evals with the same request give the same metrics, so one can be reused."""
+def eval_request(cfg: Any, model_fp: str | None = None) -> str:
+    """What an eval's result depends on: the model's fingerprint (`model_fp` when already known), the seed and the
+    decode / task / stage sections (a composed stage=eval config). Two evals with the same request give the same
+    metrics, so one can be reused."""
     from omegaconf import OmegaConf
 
     return fingerprint({
-        "model": model_fingerprint(str(cfg.model.path)), "seed": cfg.seed,
+        "model": model_fp or model_fingerprint(str(cfg.model.path)), "seed": cfg.seed,
         **{key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("decode", "task", "stage")},
     })
 

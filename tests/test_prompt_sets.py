@@ -78,6 +78,7 @@ def test_distill_loss_keeps_left_padding_out_of_attention(tmp_path, tokenizer):
     batch["prompt_ids"] = batch["prompt_ids"] % 20 + 4  # ordinary word ids (the tiny vocabulary), never PAD
     batch["targets"][:, :-2] = batch["targets"][:, :-2] % 20 + 4
     batch["prompt_ids"][0, :3] = student.pad_token_id  # row 0 is left-padded by 3
+    batch["prompt_attention"] = prompt_attention(batch["prompt_ids"], student.pad_token_id)  # as the data module adds
     terms, _, _ = module.compute_loss(batch)
 
     def loss_with(attention):

@@ -112,7 +112,7 @@ def _distill(cfg: DictConfig, stage: DistillStageConfig, distill: DistillConfig,
     student, tokenizer = make_student(stage.teacher_path, distill.lora, dtype=str(cfg.model.dtype),
                                       gradient_checkpointing=stage.gradient_checkpointing)
     data = DistillDataModule(stage.trajectories, stage.batch_size, int(cfg.seed), distill.targets,
-                             distill.only_correct, stage.epochs)
+                             distill.only_correct, stage.epochs, pad_id=student.pad_token_id)
     steps_per_epoch = data.prepare(_world_size(cfg))
     max_steps = stage.epochs * steps_per_epoch
     evaluator = None  # a prompt set (task.kind=prompts) has no graded split to validate on: evaluate afterwards

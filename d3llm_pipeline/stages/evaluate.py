@@ -61,14 +61,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                              dec.batch_size)
         task_info = {"name": task.name, "split": stage.split, "seed": task.seed}
         tpf_note = None
+    model_fp = artifacts.model_fingerprint(model_cfg.path)
     metrics = {
         "stage": "eval",
         "model": {"name": model_cfg.name, "family": model_cfg.family, "path": model_cfg.path,
-                  "fingerprint": artifacts.model_fingerprint(model_cfg.path)},
+                  "fingerprint": model_fp},
         "decoder": {"name": dec.name, **asdict(spec), "batch_size": dec.batch_size,
                     **_rule_that_ran(spec, model_cfg.family)},
         "task": task_info,
-        "request": artifacts.eval_request(cfg),  # what these numbers depend on (stage.reuse_evals compares it)
+        "request": artifacts.eval_request(cfg, model_fp),  # what these numbers depend on (stage.reuse_evals compares it)
         "device": str(job.device),
         **summary,
         "tpf_definition": "sum(tokens before first EOS / stop string) / sum(forward passes), over samples (d3LLM)",

@@ -86,7 +86,7 @@ def evaluate_model(base: list[str], model_path: str, decoder: str, tau: float | 
     overrides += [f"stage.limit={limit}"] if limit is not None else []
     cfg = compose(config_name="config", overrides=overrides)
     model_fp = artifacts.model_fingerprint(model_path)
-    request = artifacts.eval_request(cfg)
+    request = artifacts.eval_request(cfg, model_fp)
     out = Path(cfg.paths.artifacts_dir) / "evals" / model_fp / f"{decoder}-tau{tau}-{request}"
     if (out / "metrics.json").is_file():
         log.info("compare: reusing the eval in %s", out)

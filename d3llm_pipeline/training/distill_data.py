@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from d3llm_pipeline.config.schema import ConfigError, PipelineError, first_line
+from d3llm_pipeline.tasks.prompt_sets import prompt_attention
 from d3llm_pipeline.trajectories.store import load_trajectories, trajectories_fix
 
 log = logging.getLogger(__name__)
@@ -84,8 +85,9 @@ class StepBatches(IterableDataset):
 
 class DistillDataModule(L.LightningDataModule):
     def __init__(self, trajectory_dir: str, batch_size: int, seed: int, targets: str, only_correct: bool,
-                 epochs: int) -> None:
+                 epochs: int, pad_id: int | None = None) -> None:
         super().__init__()
+        self.pad_id = pad_id  # left-padded prompts (real prompt sets) get a `prompt_attention` column
         self.trajectory_dir, self.batch_size, self.seed = trajectory_dir, batch_size, seed
         self.targets, self.only_correct, self.epochs = targets, only_correct, epochs
         self.tensors: dict[str, torch.Tensor] | None = None
@@ -94,6 +96,10 @@ class DistillDataModule(L.LightningDataModule):
         """Load the data; returns steps per epoch (for the schedules)."""
         if self.tensors is None:
             self.tensors = load_distill_tensors(self.trajectory_dir, self.targets, self.only_correct)
+            # computed once here, not per training step (it reads the data on the host)
+            attention = None if self.pad_id is None else prompt_attention(self.tensors["prompt_ids"], self.pad_id)
+            if attention is not None:
+                self.tensors["prompt_attention"] = attention  # (N, P) bool: False on each row's left padding
             log.info("distill data: %d trajectories from %s", len(self.tensors["targets"]), self.trajectory_dir)
         return StepBatches(self.tensors, self.batch_size, self.seed, 0, 1, 0, world_size).steps_per_epoch
 

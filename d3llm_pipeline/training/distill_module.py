@@ -27,7 +27,6 @@ from d3llm_pipeline.objectives.distill_masking import (
     trajectory_masks,
 )
 from d3llm_pipeline.objectives.schedules import lr_multiplier, sample_mask_ratio
-from d3llm_pipeline.tasks.prompt_sets import prompt_attention
 
 
 class DistillModule(L.LightningModule):
@@ -82,8 +81,8 @@ class DistillModule(L.LightningModule):
         complement_full = torch.cat([no_prompt, complement], dim=1)
         full_targets = torch.cat([prompt, targets], dim=1)
         # Left-padded prompts (real prompt sets, tasks/prompt_sets.py) keep their pads out of attention, as when the
-        # teacher labelled them; None (nothing left-padded) attends everywhere as before.
-        attention = prompt_attention(prompt, self.student.pad_token_id)  # (B, P) bool or None
+        # teacher labelled them (the data module computes the mask once); absent: attend everywhere as before.
+        attention = batch.get("prompt_attention")  # (B, P) bool or None
         if attention is not None:
             attention = torch.cat([attention, torch.ones_like(targets, dtype=torch.bool)], dim=1).long()  # (B, P+G)
         # Logits only at the masked positions every term reads (keep): (N, V) rows instead of (2B, L, V) at a
