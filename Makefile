@@ -5,10 +5,10 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: help setup test test-all test-gpu lint teacher eval sweep demo demo-long ablation clean
+.PHONY: help setup test test-all test-gpu lint teacher eval sweep demo demo-long ablation ablation-short ablation-long clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-15s %s\n", $$1, $$2}'
 
 setup:  ## create .venv and install the package (editable) with dev extras; torch is the pinned CPU wheel
 	python3 -m venv .venv && $(PIP) install -q --upgrade pip && $(PIP) install -q -e '.[dev]'
@@ -40,8 +40,14 @@ demo:  ## end to end: teacher -> trajectories -> distill -> sweeps -> AUP plot +
 demo-long:  ## the end-to-end demo on the long-generation task (task=arith_long, own artifacts under artifacts_long)
 	$(PY) -m d3llm_pipeline stage=pipeline experiment=demo_long
 
-ablation:  ## the paper's ablations on the embedded task -> ablation.md + .csv + curves (reuses artifacts)
-	$(PY) -m d3llm_pipeline stage=ablation
+ablation: ablation-short ablation-long  ## the paper's ablations on both embedded tasks, 3 training seeds each
+
+# One run dir per task (not per launch), so a rerun finds its evals and only re-tabulates (stage.reuse_evals).
+ablation-short:  ## ablations on task=arith -> outputs/runs/ablation/default/ablation.md + .csv + curves
+	$(PY) -m d3llm_pipeline stage=ablation 'hydra.run.dir=$${paths.output_dir}/runs/ablation/default'
+
+ablation-long:  ## ablations on task=arith_long (experiment=demo_long) -> outputs/runs/ablation/demo_long/
+	$(PY) -m d3llm_pipeline stage=ablation experiment=demo_long 'hydra.run.dir=$${paths.output_dir}/runs/ablation/demo_long'
 
 clean:  ## remove run outputs (keeps outputs/.gitkeep)
 	find outputs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

@@ -271,3 +271,20 @@ def test_sweep_presets_are_multiruns_over_explicit_thresholds(preset, rule):
     taus = [float(t) for t in str(cfg.hydra.sweeper.params["decode.threshold"]).split(",")]
     assert taus == [0.05, 0.2, 0.3, 0.5, 0.6, 1.0, 1.5, 2.2]  # = stage=pipeline's list, so curves compare
     assert taus == list(compose_cfg("stage=pipeline").stage.thresholds)
+
+
+def test_an_experiments_step_defaults_come_before_the_command_lines_step_overrides():
+    from d3llm_pipeline.stages.steps import step_extras
+
+    cfg = compose_cfg("stage=pipeline", "+step_defaults.eval=['stage.limit=250']",
+                      "+step_defaults.trajectory=['stage.n_prompts=1000']", "stage.step_overrides.eval=['stage.limit=8']")
+    assert step_extras(cfg, "eval") == ["stage.limit=250", "stage.limit=8"]  # the later one (command line) wins
+    assert step_extras(cfg, "trajectory") == ["stage.n_prompts=1000"] and step_extras(cfg, "distill") == []
+
+
+@pytest.mark.parametrize("override", ["+step_defaults.report=[]", "+step_defaults.eval=['stage.limit']"])
+def test_bad_step_defaults_name_the_key(override):
+    from d3llm_pipeline.config.validate import validate_config
+
+    with pytest.raises(ConfigError, match="step_defaults"):
+        validate_config(compose_cfg("stage=pipeline", override))

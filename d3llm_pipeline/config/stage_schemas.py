@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from d3llm_pipeline.config.schema import check, check_counts, check_nonneg
 
@@ -158,10 +159,23 @@ class ReportStageConfig:
         check(self.y_max is None or 0 < self.y_max <= 100, f"stage.y_max must be in (0, 100], got {self.y_max}")
 
 
+PIPELINE_STEPS = ("teacher", "trajectory", "distill", "eval")
+
+
+def check_step_names(step_overrides: Any, key: str) -> None:
+    """`key` (stage.step_overrides or the top-level step_defaults) maps step names to lists of overrides."""
+    check(isinstance(step_overrides, dict), f"{key} must map steps to override lists, e.g. "
+           f"{key}.eval=['stage.limit=100']; got {step_overrides!r}")
+    bad_steps = sorted(set(step_overrides) - set(PIPELINE_STEPS))
+    check(not bad_steps, f"{key} keys must be {', '.join(PIPELINE_STEPS)}; got {bad_steps}")
+    for step, extra in step_overrides.items():
+        check(isinstance(extra, list) and all(isinstance(o, str) and "=" in o for o in extra),
+               f"{key}.{step} must be a list of key=value overrides, e.g. ['stage.limit=100']; got {extra!r}")
+
+
 def check_steps(step_overrides: dict[str, list[str]], thresholds: list[float]) -> None:
     """The shared keys of stage=pipeline and stage=ablation: per-step overrides and the τ sweep."""
-    bad_steps = sorted(set(step_overrides) - {"teacher", "trajectory", "distill", "eval"})
-    check(not bad_steps, f"stage.step_overrides keys must be teacher, trajectory, distill or eval; got {bad_steps}")
+    check_step_names(step_overrides, "stage.step_overrides")
     check(len(thresholds) >= 1 and all(t > 0 for t in thresholds),
            f"stage.thresholds must be positive entropy thresholds, got {thresholds}")
 

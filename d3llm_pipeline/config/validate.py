@@ -27,7 +27,7 @@ from d3llm_pipeline.config.schema import (
     check,
     load_section,
 )
-from d3llm_pipeline.config.stage_schemas import STAGE_SCHEMAS
+from d3llm_pipeline.config.stage_schemas import STAGE_SCHEMAS, check_step_names
 from d3llm_pipeline.config.task_schema import BenchmarkTaskConfig, PromptSetTaskConfig, load_task
 
 # trainer.* keys the training stages pass to lightning.Trainer themselves (a trainer.* value would clash with
@@ -79,6 +79,7 @@ class RunConfig:
     threads: Any = "auto"
     experiment_name: Any = "default"
     debug: Any = False
+    step_defaults: Any = None
 
     def __post_init__(self) -> None:
         check(_is_int(self.seed) and 0 <= self.seed <= _SEED_MAX,
@@ -90,6 +91,7 @@ class RunConfig:
         check(isinstance(self.experiment_name, str) and bool(self.experiment_name),
                f"experiment_name must be a non-empty string, got {self.experiment_name!r}")
         check(isinstance(self.debug, bool), f"debug must be true or false, got {self.debug!r}")
+        check_step_names(self.step_defaults or {}, "step_defaults")
 
 
 def _plain(cfg: DictConfig, key: str) -> Any:

@@ -3,7 +3,8 @@
     run_step(cfg, out_dir, "teacher", "stage=teacher")      # == python -m d3llm_pipeline stage=teacher <your overrides>
 
 A step gets the outer command line's overrides (minus those that choose or configure the outer stage), then
-its own (`stage=<step>`, ...), then `stage.step_overrides.<step>`, and writes into `<out_dir>/<name>`.
+its own (`stage=<step>`, ...), then an experiment's `step_defaults.<step>`, then `stage.step_overrides.<step>`,
+and writes into `<out_dir>/<name>`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ def user_overrides(cfg: DictConfig) -> list[str]:
     return [o for o in listed if not o.lstrip("+~").startswith(("stage=", "stage.", "hydra", "output_dir"))]
 
 
+def step_extras(cfg: DictConfig, step: str) -> list[str]:
+    """The extra overrides of one step: an experiment's (top-level step_defaults), then the command line's
+    (stage.step_overrides), so the command line wins."""
+    return [*(cfg.get("step_defaults") or {}).get(step, []), *cfg.stage.get("step_overrides", {}).get(step, [])]
+
+
 def run_step(cfg: DictConfig, out_dir: Path, name: str, *overrides: str,
              base: list[str] | None = None, reuse_eval: bool = False) -> dict[str, Any]:
     """Compose and run `overrides` (the first is "stage=<step>") on top of `base` (default: user_overrides).
@@ -45,7 +52,7 @@ def run_step(cfg: DictConfig, out_dir: Path, name: str, *overrides: str,
     decode / task / stage settings: artifacts.eval_request) returns it instead of decoding again.
     """
     step = overrides[0].split("=", 1)[1]
-    extra = list(cfg.stage.get("step_overrides", {}).get(step, []))
+    extra = step_extras(cfg, step)
     base = user_overrides(cfg) if base is None else base
     sub = compose(config_name="config", overrides=[*base, *overrides, *extra, f"+output_dir={out_dir / name}"])
     chosen = [o for o in base if o.lstrip("+~").startswith("experiment=")]
