@@ -288,3 +288,9 @@ def test_bad_step_defaults_name_the_key(override):
 
     with pytest.raises(ConfigError, match="step_defaults"):
         validate_config(compose_cfg("stage=pipeline", override))
+
+
+def test_step_defaults_accept_hydra_deletions():
+    from d3llm_pipeline.config.validate import validate_config
+
+    validate_config(compose_cfg("stage=pipeline", "+step_defaults.eval=['~stage.limit']"))  # no "=", still valid

@@ -169,7 +169,8 @@ def check_step_names(step_overrides: Any, key: str) -> None:
     bad_steps = sorted(set(step_overrides) - set(PIPELINE_STEPS))
     check(not bad_steps, f"{key} keys must be {', '.join(PIPELINE_STEPS)}; got {bad_steps}")
     for step, extra in step_overrides.items():
-        check(isinstance(extra, list) and all(isinstance(o, str) and "=" in o for o in extra),
+        # key=value, or ~key (Hydra's delete, which has no "=")
+        check(isinstance(extra, list) and all(isinstance(o, str) and ("=" in o or o.startswith("~")) for o in extra),
                f"{key}.{step} must be a list of key=value overrides, e.g. ['stage.limit=100']; got {extra!r}")
 
 
