@@ -13,7 +13,7 @@ help:  ## list the targets
 setup:  ## create .venv and install the package (editable) with dev extras; torch is the pinned CPU wheel
 	python3 -m venv .venv && $(PIP) install -q --upgrade pip && $(PIP) install -q -e '.[dev]'
 
-test:  ## run the test suite (offline, CPU, excludes tests marked slow)
+test: lint  ## lint, then the test suite (offline, CPU, excludes tests marked slow)
 	$(PY) -m pytest -m "not slow" -q
 
 test-all:  ## run every test, slow ones included
@@ -22,8 +22,8 @@ test-all:  ## run every test, slow ones included
 test-gpu:  ## the CUDA checks (tests/test_gpu.py; they skip without a GPU): fixtures, batching, cache, host syncs
 	$(PY) -m pytest -m gpu -q
 
-lint:  ## ruff lint + format check
-	$(PY) -m ruff check d3llm_pipeline tests benchmarks && $(PY) -m ruff format --check d3llm_pipeline tests benchmarks
+lint:  ## ruff lint (pyflakes, pycodestyle, isort, pyupgrade, bugbear); make test runs it first, so CI does
+	$(PY) -m ruff check d3llm_pipeline tests benchmarks
 
 teacher:  ## train the embedded tiny teacher (4,800 steps, ~11 min on 2 idle CPU cores)
 	$(PY) -m d3llm_pipeline stage=teacher
