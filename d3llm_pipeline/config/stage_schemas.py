@@ -171,7 +171,8 @@ def check_step_names(step_overrides: Any, key: str) -> None:
     for step, extra in step_overrides.items():
         # key=value, or ~key (Hydra's delete, which has no "=")
         check(isinstance(extra, list) and all(isinstance(o, str) and ("=" in o or o.startswith("~")) for o in extra),
-               f"{key}.{step} must be a list of key=value overrides, e.g. ['stage.limit=100']; got {extra!r}")
+               f"{key}.{step} must be a list of key=value (or ~key) overrides, e.g. ['stage.limit=100']; "
+               f"got {extra!r}")
 
 
 def check_steps(step_overrides: dict[str, list[str]], thresholds: list[float]) -> None:
