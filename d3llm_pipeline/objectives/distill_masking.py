@@ -8,6 +8,10 @@ All positions here are *relative to the response start* (index 0 = first respons
     start, end = sample_windows(lengths, window=16, gen_length=targets.shape[1], generator=g)
     primary, complement = trajectory_masks(unmask_step, start, end, ratio=0.5)   # (B, G) bool each
     input_ids = apply_masks(prompt_ids, targets, primary, mask_token_id)   # (B, P + G)
+
+The random draws (windows, naive random masks) can be those of rows [row_offset, row_offset + B) of a larger
+batch of `total_rows`: a data-parallel rank then draws exactly what one process drawing the whole global batch
+gives those rows, so the noise of every row does not depend on the number of devices.
 """
 
 from __future__ import annotations
@@ -33,8 +37,21 @@ def response_lengths(targets: torch.Tensor, eos_token_id: int) -> torch.Tensor:
     return torch.where(is_eos.any(dim=1), first + 1, gen_length).long()
 
 
+def _shard_draws(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device,
+                 row_offset: int, total_rows: int | None) -> torch.Tensor:
+    """float64 uniforms of `shape` (rows first): rows [row_offset, row_offset + shape[0]) of the draws of a
+    (total_rows, *shape[1:]) batch (total_rows None: the batch itself). Drawing the whole global batch costs
+    total_rows x shape[1:] doubles on the CPU generator, nothing next to a forward."""
+    total = shape[0] if total_rows is None else total_rows
+    if not 0 <= row_offset <= total - shape[0]:
+        raise ValueError(f"rows [{row_offset}, {row_offset + shape[0]}) are not inside a batch of {total}")
+    u = torch.rand((total, *shape[1:]), generator=generator, dtype=torch.float64, device=device)
+    return u[row_offset : row_offset + shape[0]]
+
+
 def sample_windows(
-    lengths: torch.Tensor, window: int, gen_length: int, generator: torch.Generator | None = None
+    lengths: torch.Tensor, window: int, gen_length: int, generator: torch.Generator | None = None,
+    row_offset: int = 0, total_rows: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one training window [start, end) per sample (method.md §2.2).
 
@@ -48,14 +65,15 @@ def sample_windows(
     `window`), end = gen_length. This keeps start a multiple of `window` and never returns an empty window.
     `end` is also clamped to gen_length for lengths longer than the region.
 
-    lengths: (B,) long. Returns start (B,), end (B,) long with 0 <= start < end <= gen_length.
+    lengths: (B,) long, rows [row_offset, row_offset + B) of a batch of total_rows (default: B) whose draws
+    they take (module docstring). Returns start (B,), end (B,) long with 0 <= start < end <= gen_length.
     """
     if window < 1 or gen_length < 1:
         raise ValueError(f"window ({window}) and gen_length ({gen_length}) must be >= 1")
     lengths = lengths.long().clamp(min=0)
     max_blocks = lengths // window  # (B,)
     # torch.randint has no per-element upper bound: scale a uniform draw and floor it instead.
-    u = torch.rand(lengths.shape, generator=generator, dtype=torch.float64, device=lengths.device)  # (B,)
+    u = _shard_draws(tuple(lengths.shape), generator, lengths.device, row_offset, total_rows)  # (B,)
     j = torch.minimum((u * (max_blocks + 1).double()).floor().long(), max_blocks)  # (B,)
     start = j * window  # (B,)
     end = torch.where(j == max_blocks, torch.full_like(start, gen_length), start + window)
@@ -125,17 +143,20 @@ def random_masks(
     gen_length: int,
     ratio: float | torch.Tensor,
     generator: torch.Generator | None = None,
+    row_offset: int = 0,
+    total_rows: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Naive-random-mask ablation (method.md §2.5): each in-window position masked i.i.d. with probability
     (1 - 1e-3) * r + 1e-3; future masked in both; the complement is the in-window negation.
 
-    start, end: (B,) long; ratio: float or (B,). Returns primary, complement, each (B, G) bool.
+    start, end: (B,) long; ratio: float or (B,); row_offset / total_rows as in `sample_windows`. Returns
+    primary, complement, each (B, G) bool.
     """
     batch = start.shape[0]
     in_window, future = _window_layout(start, end, gen_length)
     r = _ratio_tensor(ratio, batch, start.device)  # (B,)
     p = (1.0 - _RANDOM_MASK_EPS) * r + _RANDOM_MASK_EPS  # (B,)
-    u = torch.rand((batch, gen_length), generator=generator, dtype=torch.float64, device=start.device)
+    u = _shard_draws((batch, gen_length), generator, start.device, row_offset, total_rows)  # (B, G)
     masked_in = in_window & (u < p[:, None])  # (B, G)
     primary = masked_in | future
     complement = (in_window & ~masked_in) | future

@@ -1,8 +1,11 @@
 """LightningModule for d3LLM distillation: noisy windows from trajectories, CE + complementary CE + entropy.
 
 Thin glue over the pure core (objectives.distill_masking / distill_losses / schedules). Each step draws its
-randomness (mask ratio, windows, random masks) from a generator seeded by (seed, global step, rank), so a run
-resumed from a checkpoint reproduces the uninterrupted run's losses exactly. Primary and complementary inputs
+randomness (mask ratio, windows, random masks) from a generator seeded by (seed, global step), so a run resumed
+from a checkpoint reproduces the uninterrupted run's losses exactly. Under DDP / FSDP every rank draws the same
+mask ratio and, for its rows of the global batch, the windows and masks one process would draw for them: the
+noisy inputs of a step do not depend on the number of devices (training/distill_data.py gives the rows). What
+still does: each rank's loss is a mean over its own masked tokens, and the gradients are averaged over ranks. Primary and complementary inputs
 go through the student in one forward of 2B rows, which projects onto the vocabulary only the masked positions
 the loss reads (the adapter's `keep`), never full (2B, L, V) logits.
 """
@@ -46,34 +49,45 @@ class DistillModule(L.LightningModule):
         self.window = distill.curriculum.fixed_window
 
     def _generator(self) -> torch.Generator:
-        # Per-step (and per-rank) seed: the draws of step s never depend on what ran before it.
-        seed = (self.hparams.seed * 1_000_003 + self.global_step) * 64 + self.global_rank
+        # Per-step seed, the same on every rank: the draws of step s never depend on what ran before it. (The
+        # factor 64 once made room for a rank term; kept so that one-device runs draw what they always drew.)
+        seed = (self.hparams.seed * 1_000_003 + self.global_step) * 64
         return torch.Generator().manual_seed(seed)
 
-    def noisy_masks(self, batch: dict[str, torch.Tensor], generator: torch.Generator):
-        """(primary, complement) (B, G) masks, the mask ratio drawn and the fallback fraction."""
+    def data_shard(self) -> tuple[int, int]:
+        """(rank, world size) of this process; (0, 1) outside a Trainer."""
+        trainer = self._trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def noisy_masks(self, batch: dict[str, torch.Tensor], generator: torch.Generator, rank: int = 0,
+                    world: int = 1):
+        """(primary, complement) (B, G) masks, the mask ratio drawn and the fallback fraction.
+
+        The batch is rank `rank`'s share (rows [rank B, (rank + 1) B)) of a global batch of world x B rows:
+        its draws are those of its rows in a single-process draw over the global batch."""
         curriculum = self.distill.curriculum
         ratio = sample_mask_ratio(self.mask_ratio_progress, curriculum.r_min, curriculum.r_max, generator)
         targets, steps = batch["targets"], batch["unmask_step"]
+        rows = {"row_offset": rank * targets.shape[0], "total_rows": world * targets.shape[0]}
         lengths = response_lengths(targets, self.student.eos_token_id)
         # Random draws happen on the CPU generator (same numbers on any device), then move to the batch's device.
-        start_cpu, end_cpu = sample_windows(lengths.cpu(), self.window, targets.shape[1], generator)
+        start_cpu, end_cpu = sample_windows(lengths.cpu(), self.window, targets.shape[1], generator, **rows)
         device = targets.device
         if self.distill.masking == "random":  # the naive-random-mask baseline: its own explicit path
-            primary, complement = random_masks(start_cpu, end_cpu, targets.shape[1], ratio, generator)
+            primary, complement = random_masks(start_cpu, end_cpu, targets.shape[1], ratio, generator, **rows)
             return primary.to(device), complement.to(device), ratio, 0.0
         primary, complement = trajectory_masks(steps, start_cpu.to(device), end_cpu.to(device), ratio)
         invalid = count_invalid_trajectories(steps)  # (B,) rows with never-revealed positions
         fallback = float(invalid.float().mean())
         if fallback > 0:  # counted and logged as distill/fallback_frac, never silently the baseline
-            rand_p, rand_c = random_masks(start_cpu, end_cpu, targets.shape[1], ratio, generator)
+            rand_p, rand_c = random_masks(start_cpu, end_cpu, targets.shape[1], ratio, generator, **rows)
             primary = torch.where(invalid[:, None], rand_p.to(device), primary)
             complement = torch.where(invalid[:, None], rand_c.to(device), complement)
         return primary, complement, ratio, fallback
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], float, float]:
         prompt, targets = batch["prompt_ids"], batch["targets"]  # (B, P), (B, G)
-        primary, complement, ratio, fallback = self.noisy_masks(batch, self._generator())
+        primary, complement, ratio, fallback = self.noisy_masks(batch, self._generator(), *self.data_shard())
         mask_id = self.student.mask_token_id
         inputs = apply_masks(prompt, targets, primary, mask_id)  # (B, P+G)
         no_prompt = torch.zeros_like(prompt, dtype=torch.bool)  # the prompt is never in the loss
