@@ -47,13 +47,14 @@ def test_estimate_by_hand(tiny):
 def test_strategies_share_what_they_should(tiny):
     gpu = estimate(tiny, 4, "gpu", devices=8, batch=2)
     ddp = estimate(tiny, 4, "ddp", devices=8, batch=2)
-    fsdp = estimate(tiny, 4, "fsdp", devices=8, batch=2)
-    layer = estimate(tiny, 4, "fsdp", devices=8, batch=2, fsdp_wrap="layer")
+    fsdp = estimate(tiny, 4, "fsdp", devices=8, batch=2, fsdp_wrap="none")
+    layer = estimate(tiny, 4, "fsdp", devices=8, batch=2)  # trainer=fsdp's default: fsdp_wrap=layer
     assert gpu.devices == 1 and ddp == estimate(tiny, 4, "ddp", devices=8, batch=2)
     assert ddp.total == gpu.total and ddp.devices == 8  # DDP replicates everything
-    assert fsdp.weights == ddp.weights / 8 and fsdp.lora_states == ddp.lora_states / 8
-    assert fsdp.gathered == ddp.weights - fsdp.weights  # no wrap policy: the whole model gathered
-    assert layer.gathered == 2 * tiny.layer_params * 2  # one layer computing, the next prefetched
+    # FSDP stores float32 shards (one dtype per flattened unit with the fp32 LoRA), whatever the bf16 dtype says
+    assert fsdp.weights == tiny.params * 4 / 8 == 2 * ddp.weights / 8 and fsdp.lora_states == ddp.lora_states / 8
+    assert fsdp.gathered == tiny.params * 2  # no wrap policy: the whole model gathered, in bf16
+    assert layer.gathered == 2 * tiny.layer_params * 2  # one layer computing, the next prefetched (bf16)
     with pytest.raises(ValueError, match="--strategy"):
         estimate(tiny, 4, "zero3")
 
@@ -63,6 +64,7 @@ def test_published_shapes_and_cli(capsys):
     assert sum(p.numel() for p in meta_model_of("dream_7b_instruct").parameters()) == 7_615_616_512
     big = shape_of(meta_model_of("llada_8b_instruct"), 256, TARGETS)
     ddp, fsdp = (estimate(big, 256, s, devices=8, batch=4) for s in ("ddp", "fsdp"))
+    fsdp = estimate(big, 256, "fsdp", devices=8, batch=4, fsdp_wrap="none")
     layer = estimate(big, 256, "fsdp", devices=8, batch=4, fsdp_wrap="layer")
     assert layer.total < fsdp.total < ddp.total  # at 8B, sharding pays even when the whole model is gathered
     main(["--preset", "llada_8b_instruct", "--strategy", "all", "--devices", "8"])

@@ -51,6 +51,7 @@ _ACCELERATORS = {"auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu"}
 _BOOL_TRAINER_KEYS = ("enable_progress_bar", "enable_checkpointing", "enable_model_summary", "deterministic",
                       "benchmark", "sync_batchnorm", "use_distributed_sampler")
 _COUNT_TRAINER_KEYS = ("num_nodes", "log_every_n_steps", "accumulate_grad_batches")
+FSDP_WRAPS = ("layer", "none")  # trainer.fsdp_wrap (ours, not Lightning's: training/strategies.py)
 _LOGGERS = ("csv", "wandb", "none")
 _WANDB_MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")  # what wandb.init accepts
 _SEED_MAX = 2**32 - 1  # numpy / Lightning accept seeds in [0, 2**32 - 1]
@@ -118,6 +119,21 @@ def _check_top_level(cfg: DictConfig) -> None:
     load_section({k: _plain(cfg, k) for k in run_keys if k in cfg}, RunConfig, "run")
 
 
+def _check_fsdp(trainer: dict[str, Any], stage_name: str) -> None:
+    strategy = trainer.get("strategy")
+    check(trainer.get("fsdp_wrap", "none") in FSDP_WRAPS, f"trainer.fsdp_wrap must be one of "
+           f"{', '.join(FSDP_WRAPS)} (one FSDP unit per decoder layer, or the whole model), got "
+           f"{trainer.get('fsdp_wrap')!r}")
+    if not (isinstance(strategy, str) and strategy.startswith("fsdp")):
+        return
+    check(trainer.get("accelerator", "auto") in ("gpu", "cuda", "auto"),
+           f"trainer.strategy={strategy} needs GPUs (Lightning's FSDP does not run on trainer.accelerator="
+           f"{trainer.get('accelerator')}); on CPU the multi-process path is trainer=ddp trainer.accelerator=cpu "
+           "trainer.devices=2 trainer.precision=32-true")
+    check(stage_name != "teacher", f"trainer.strategy={strategy} is for stage=distill (a sharded 8B teacher); "
+           "stage=teacher trains the embedded tiny teacher: use trainer=gpu or trainer=ddp")
+
+
 def _check_trainer(trainer: dict[str, Any]) -> None:
     for key, instead in TRAINER_RESERVED.items():
         check(key not in trainer, f"trainer.{key} is set by the training stages themselves; use {instead} "
@@ -141,7 +157,8 @@ def _check_trainer(trainer: dict[str, Any]) -> None:
     for key in _BOOL_TRAINER_KEYS:
         if key in trainer:
             check(isinstance(trainer[key], bool), f"trainer.{key} must be true or false, got {trainer[key]!r}")
-    known = {"accelerator", "devices", "precision", "strategy", *_COUNT_TRAINER_KEYS, *_BOOL_TRAINER_KEYS}
+    known = {"accelerator", "devices", "precision", "strategy", "fsdp_wrap", *_COUNT_TRAINER_KEYS,
+             *_BOOL_TRAINER_KEYS}
     extra = sorted(set(trainer) - known)
     if extra:  # only then pay for importing Lightning: is it a real Trainer argument?
         import inspect
@@ -202,6 +219,7 @@ def validate_config(cfg: DictConfig) -> None:
                f"uses; evaluate on a benchmark (task=gsm8k_cot, ...) or the embedded task (task=arith)")
     load_section(cfg.stage, STAGE_SCHEMAS[stage_name], "stage")
     _check_trainer(_plain(cfg, "trainer"))
+    _check_fsdp(_plain(cfg, "trainer"), stage_name)
     _check_logger(_plain(cfg, "logger"))
     _check_paths(_plain(cfg, "paths"))
     _check_cross(loaded["task"], loaded["decode"], loaded["distill"])

@@ -18,9 +18,10 @@ Counts, per device (GiB = 2**30 bytes):
 
 `--batch` is the batch per device; with `--complementary` (the d3LLM recipes) each step forwards it twice (the
 primary and complementary masks in one batch). Strategies: cpu (fp32 compute, one process), gpu (one device),
-ddp (every device holds everything, its own batch), fsdp (weights, LoRA states sharded over the devices; Lightning's
-`strategy: fsdp` without an auto-wrap policy gathers the whole model for the forward, so its peak adds the full
-weights: `--fsdp-wrap layer` assumes one decoder layer gathered at a time instead). Not counted: CUDA context
+ddp (every device holds everything, its own batch), fsdp (weights, LoRA states sharded over the devices; the
+weights in float32 whatever `--dtype` says, as stage=distill loads them under FSDP (one dtype per flattened unit,
+training/strategies.py), gathered in the compute dtype: `--fsdp-wrap layer` (trainer=fsdp's default) gathers one
+decoder layer at a time plus the prefetched next, `none` (Lightning's default policy) the whole model). Not counted: CUDA context
 (~0.5-1 GiB), allocator fragmentation, NCCL buffers, temporaries inside a kernel. Estimates, not measurements.
 """
 
@@ -93,14 +94,15 @@ def activation_elements_per_token_layer(s: Shape, lora_r: int) -> int:
 
 def estimate(s: Shape, lora_r: int, strategy: str, devices: int = 1, batch: int = 1, prompt: int = 256,
              gen: int = 256, dtype: str = "bfloat16", checkpointing: bool = True, complementary: bool = True,
-             fsdp_wrap: str = "none") -> Estimate:
+             fsdp_wrap: str = "layer") -> Estimate:
     """Bytes per device of one training step (see the module docstring)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     devices = 1 if strategy in ("cpu", "gpu") else devices
     compute_bytes = 4 if strategy == "cpu" else 2  # trainer=cpu runs 32-true, the GPU presets bf16-mixed
     shard = devices if strategy == "fsdp" else 1
-    weights = s.params * DTYPE_BYTES[dtype] / shard
+    stored_bytes = DTYPE_BYTES["float32"] if strategy == "fsdp" else DTYPE_BYTES[dtype]  # FSDP: fp32 shards
+    weights = s.params * stored_bytes / shard
     lora_states = s.lora_params * LORA_BYTES_PER_PARAM / shard
     rows = batch * (2 if complementary else 1)
     tokens = rows * (prompt + gen)
@@ -111,9 +113,8 @@ def estimate(s: Shape, lora_r: int, strategy: str, devices: int = 1, batch: int 
         activations = tokens * s.layers * per_layer
     logits = batch * gen * s.vocab * LOGIT_BYTES  # the generated positions of both passes: each once
     gathered = 0.0
-    if strategy == "fsdp":
-        full = s.params * DTYPE_BYTES[dtype]
-        gathered = full - weights if fsdp_wrap == "none" else 2 * s.layer_params * DTYPE_BYTES[dtype]  # prefetch
+    if strategy == "fsdp":  # unsharded copies in the compute dtype, next to the fp32 shards
+        gathered = (s.params if fsdp_wrap == "none" else 2 * s.layer_params) * compute_bytes  # layer + prefetch
     total = weights + lora_states + activations + logits + gathered
     return Estimate(strategy, devices, checkpointing, *(float(v) for v in
                                                         (weights, lora_states, activations, logits, gathered, total)))
@@ -131,9 +132,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompt", type=int, default=256)
     parser.add_argument("--gen", type=int, default=256)
     parser.add_argument("--lora-r", type=int, default=256, help="d3LLM recipes: 256")
-    parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPE_BYTES), help="the teacher's weights")
+    parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPE_BYTES),
+                        help="the teacher's weights (model.dtype; fsdp always stores float32 shards)")
     parser.add_argument("--no-complementary", action="store_true", help="one pass per step instead of two")
-    parser.add_argument("--fsdp-wrap", default="none", choices=("none", "layer"))
+    parser.add_argument("--fsdp-wrap", default="layer", choices=("layer", "none"), help="trainer.fsdp_wrap")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     try:

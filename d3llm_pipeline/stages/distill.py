@@ -49,6 +49,12 @@ from d3llm_pipeline.training.fit import (
     validation_evaluator,
 )
 from d3llm_pipeline.training.loggers import make_lightning_logger
+from d3llm_pipeline.training.strategies import (
+    GatherTrainedState,
+    fsdp_teacher_dtype,
+    is_fsdp,
+    load_trained_weights,
+)
 from d3llm_pipeline.trajectories.store import dataset_fingerprint
 
 log = logging.getLogger(__name__)
@@ -109,7 +115,9 @@ def _distill(cfg: DictConfig, stage: DistillStageConfig, distill: DistillConfig,
 
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     # the teacher in model.dtype (bf16 presets: half the memory of fp32; the LoRA matrices stay fp32)
-    student, tokenizer = make_student(stage.teacher_path, distill.lora, dtype=str(cfg.model.dtype),
+    strategy = cfg.trainer.get("strategy")
+    teacher_dtype = fsdp_teacher_dtype(str(cfg.model.dtype), strategy)  # FSDP: one dtype per flattened unit
+    student, tokenizer = make_student(stage.teacher_path, distill.lora, dtype=teacher_dtype,
                                       gradient_checkpointing=stage.gradient_checkpointing)
     data = DistillDataModule(stage.trajectories, stage.batch_size, int(cfg.seed), distill.targets,
                              distill.only_correct, stage.epochs, pad_id=student.pad_token_id)
@@ -132,7 +140,9 @@ def _distill(cfg: DictConfig, stage: DistillStageConfig, distill: DistillConfig,
                          max_steps),
         ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=stage.checkpoint_every, save_last=True, save_top_k=0),
     ]
-    trainer = L.Trainer(**trainer_kwargs(cfg), max_steps=max_steps, max_epochs=-1,
+    gather = GatherTrainedState() if is_fsdp(strategy) else None  # sharded weights: gathered to export them
+    callbacks += [gather] if gather else []
+    trainer = L.Trainer(**trainer_kwargs(cfg, model=student), max_steps=max_steps, max_epochs=-1,
                         logger=make_lightning_logger(cfg, "distill"), callbacks=callbacks, num_sanity_val_steps=0,
                         limit_val_batches=0, gradient_clip_val=stage.grad_clip, default_root_dir=output_dir_of(cfg))
     resume_from = ckpt_dir / "last.ckpt"
@@ -156,7 +166,11 @@ def _distill(cfg: DictConfig, stage: DistillStageConfig, distill: DistillConfig,
         "final_metrics": {k: float(v) for k, v in trainer.callback_metrics.items()}, **provenance(threads),
     }
     if trainer.is_global_zero:
-        _, merged = save_student(module.student, tokenizer, out_dir)
+        trained = module.student
+        if gather is not None:  # each rank holds shards only: a fresh unsharded student with the gathered LoRA
+            trained, _ = make_student(stage.teacher_path, distill.lora, dtype=teacher_dtype)
+            load_trained_weights(trained, gather.state, prefix="student.")
+        _, merged = save_student(trained, tokenizer, out_dir)
         artifacts.write_identity(merged, "student", identity)
         atomic_write_json(merged / SUMMARY_FILE, summary)  # written last: its presence means "finished"
         atomic_write_json(Path(output_dir_of(cfg)) / "metrics.json", summary)

@@ -1,6 +1,6 @@
 """What the Lightning stages (teacher, distill) share: Trainer arguments, the validation evaluator, file names.
 
-    trainer = L.Trainer(**trainer_kwargs(cfg), max_steps=..., ...)
+    trainer = L.Trainer(**trainer_kwargs(cfg, model=student), max_steps=..., ...)
     evaluator = validation_evaluator(tokenizer, problems, decode_cfg, prompt_length=24)   # lm -> summary dict
 """
 
@@ -9,12 +9,14 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from d3llm_pipeline.config.schema import ConfigError, DecodeConfig
 from d3llm_pipeline.config.validate import TRAINER_RESERVED
 from d3llm_pipeline.decoding.spec import spec_from
 from d3llm_pipeline.evaluation import evaluate_problems
+from d3llm_pipeline.training.strategies import WRAP_KEY, fsdp_strategy, is_fsdp
 
 SUMMARY_FILE = "training_summary.json"  # written beside a published checkpoint; its presence means "finished"
 # Set by the stages themselves from stage.* keys; a trainer.* value would silently fight them (config/validate.py
@@ -22,13 +24,17 @@ SUMMARY_FILE = "training_summary.json"  # written beside a published checkpoint;
 RESERVED = set(TRAINER_RESERVED)
 
 
-def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
-    """`cfg.trainer` as Lightning Trainer arguments, rejecting keys the stage controls."""
+def trainer_kwargs(cfg: DictConfig, model: torch.nn.Module | None = None) -> dict[str, Any]:
+    """`cfg.trainer` as Lightning Trainer arguments, rejecting keys the stage controls. An FSDP strategy with
+    trainer.fsdp_wrap=layer becomes an FSDPStrategy wrapping each decoder layer of `model` (training/strategies.py)."""
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     clash = sorted(RESERVED & set(kwargs))
     if clash:
         raise ConfigError(f"trainer.{clash[0]} is set by stage={cfg.stage.name}; use the stage.* keys "
                           "(stage.max_steps, stage.epochs, stage.val_every)")
+    wrap = kwargs.pop(WRAP_KEY, "none")
+    if is_fsdp(kwargs.get("strategy")) and model is not None:
+        kwargs["strategy"] = fsdp_strategy(model, kwargs["strategy"], wrap)
     return kwargs
 
 

@@ -1,0 +1,123 @@
+"""Lightning FSDP for LoRA distillation: one FSDP unit per decoder layer, one dtype per unit, full weights to export.
+
+`trainer=fsdp` (conf/trainer/fsdp.yaml) sets `strategy: fsdp` and `fsdp_wrap: layer`. A config string can only
+select Lightning's registered FSDP defaults, which wrap nothing: the whole model is one unit, gathered whole for
+every forward (19.1 vs 6.8 GiB per GPU estimated for LLaDA-8B, models/memory.py). So the stage builds the strategy
+object itself, from the model it trains:
+
+    kwargs = trainer_kwargs(cfg, model=student)   # training/fit.py: strategy -> FSDPStrategy(auto_wrap_policy=...)
+    gather = GatherTrainedState()                 # a callback: at the end of fit, the trained tensors on rank 0
+    trainer = L.Trainer(**kwargs, callbacks=[gather, ...]); trainer.fit(...)
+    load_trained_weights(fresh_student, gather.state)   # rank 0, before exporting
+
+Why the other pieces:
+* FSDP (torch's FSDP1, which Lightning's FSDPStrategy uses) flattens each unit's parameters into one tensor, which
+  must have one dtype: the LoRA matrices are float32, so under FSDP the frozen teacher is loaded in float32 too
+  (`fsdp_teacher_dtype`). Its shards cost 4 bytes / parameter / device count; bf16-mixed still gathers and
+  computes in bf16 (Lightning's FSDP mixed precision).
+* After a sharded fit each rank's module holds only its shard of every parameter (use_orig_params views), so the
+  student is exported from the full state dict gathered over the ranks, loaded into a fresh unsharded student.
+  The gathering is a collective, done in `on_train_end` while the strategy is still set up (before Lightning's
+  teardown), on every rank.
+
+Not run on GPUs yet (Lightning's FSDP needs CUDA, torch's FSDP1 an accelerator): CPU tests check the wrap policy,
+the strategy object and the state round trip; tests/test_gpu.py has none of this.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from d3llm_pipeline.config.schema import ConfigError
+from d3llm_pipeline.config.validate import FSDP_WRAPS
+
+log = logging.getLogger(__name__)
+
+WRAP_KEY = "fsdp_wrap"  # ours, not a lightning.Trainer argument: trainer_kwargs removes it
+
+
+def is_fsdp(strategy: Any) -> bool:
+    """True for Lightning's FSDP strategy names ("fsdp", "fsdp_cpu_offload", ...) and FSDPStrategy objects."""
+    if isinstance(strategy, str):
+        return strategy.startswith("fsdp")
+    return type(strategy).__name__ == "FSDPStrategy"
+
+
+def decoder_layer_classes(model: torch.nn.Module) -> set[type[torch.nn.Module]]:
+    """The classes of the model's repeated decoder layers: those transformers marks as never to be split
+    (`_no_split_modules`: LlamaDecoderLayer, Qwen2DecoderLayer, GPT2Block, ...), found inside PEFT wrappers too."""
+    names: set[str] = set()
+    for module in model.modules():
+        names.update(getattr(module, "_no_split_modules", None) or ())
+    classes = {type(module) for module in model.modules() if type(module).__name__ in names}
+    if not classes:
+        raise ConfigError(f"trainer.fsdp_wrap=layer: {type(model).__name__} names no decoder-layer class "
+                          "(transformers' _no_split_modules), so there is nothing to wrap one unit at a time; set "
+                          "trainer.fsdp_wrap=none (the whole model as one FSDP unit, gathered for every forward)")
+    return classes
+
+
+def fsdp_strategy(model: torch.nn.Module, name: str, wrap: str):
+    """The FSDP strategy for `model`: `name` as given (Lightning's defaults) for wrap=none, else an FSDPStrategy
+    with one unit per decoder layer (Lightning keeps use_orig_params=True, which frozen + LoRA units need)."""
+    if wrap not in FSDP_WRAPS:
+        raise ConfigError(f"trainer.fsdp_wrap must be one of {', '.join(FSDP_WRAPS)}, got {wrap!r}")
+    if wrap == "none":
+        return name
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    if name not in ("fsdp", "fsdp_cpu_offload"):
+        raise ConfigError(f"trainer.fsdp_wrap=layer builds Lightning's FSDPStrategy, but trainer.strategy={name} "
+                          "is not one of its names (fsdp, fsdp_cpu_offload); set trainer.fsdp_wrap=none to pass "
+                          "it through unchanged")
+    classes = decoder_layer_classes(model)
+    log.info("FSDP: one unit per %s", ", ".join(sorted(c.__name__ for c in classes)))
+    return FSDPStrategy(auto_wrap_policy=classes, cpu_offload=name == "fsdp_cpu_offload")
+
+
+def fsdp_teacher_dtype(dtype: str, strategy: Any) -> str:
+    """The dtype to load the frozen teacher in: float32 under FSDP (one dtype per flattened unit, and the LoRA
+    matrices are float32), else `dtype` (model.dtype)."""
+    if is_fsdp(strategy) and dtype != "float32":
+        log.info("trainer.strategy=%s: the teacher is loaded in float32, not model.dtype=%s (FSDP flattens a layer's "
+                 "frozen weights and its float32 LoRA matrices into one tensor of one dtype; each device stores "
+                 "only its shard, and bf16-mixed still computes in bf16)", strategy, dtype)
+        return "float32"
+    return dtype
+
+
+class GatherTrainedState(Callback):
+    """At the end of fit, keep the trainable tensors of the LightningModule's full state dict (gathered over the
+    ranks under FSDP: a collective every rank runs; rank 0 gets the tensors, the others nothing) in `self.state`."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, torch.Tensor] = {}
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        state = trainer.strategy.lightning_module_state_dict()
+        trainable = {name for name, param in pl_module.named_parameters() if param.requires_grad}
+        # FSDP wrappers may prefix the live parameter names; the full state dict uses the clean ones
+        clean = {name.replace("_fsdp_wrapped_module.", "") for name in trainable}
+        self.state = {key: value.detach().cpu() for key, value in state.items() if key in clean}
+
+
+def load_trained_weights(student: torch.nn.Module, state: Mapping[str, torch.Tensor], prefix: str = "student."
+                         ) -> int:
+    """Copy the trainable (LoRA) tensors of a LightningModule state dict (keys `prefix` + the student's names)
+    into `student`; returns how many. Every trainable parameter must be present with its shape."""
+    trainable = {name: param for name, param in student.named_parameters() if param.requires_grad}
+    missing = sorted(name for name in trainable if prefix + name not in state)
+    if missing:
+        raise RuntimeError(f"the gathered state lacks {len(missing)} trained tensors, e.g. {missing[0]}")
+    with torch.no_grad():
+        for name, param in trainable.items():
+            value = state[prefix + name]
+            if value.shape != param.shape:
+                raise RuntimeError(f"gathered {name} has shape {tuple(value.shape)}, the student {tuple(param.shape)}")
+            param.copy_(value.to(param.dtype))
+    return len(trainable)
