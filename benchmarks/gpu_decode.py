@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/gpu_decode.py --tiny                # CPU smoke run (< 1 min): same code, tiny shapes
     .venv/bin/python benchmarks/gpu_decode.py --presets llada --batch-sizes 1,8 --json out.json
     .venv/bin/python benchmarks/gpu_decode.py --official /src/d3LLM # also the official d3LLM decoder, same model
+    .venv/bin/python benchmarks/gpu_decode.py --compile             # also every decoder with decode.compile=true
 
 Builds a randomly initialised model of each preset's published architecture (models/families/shapes.py: LLaDA
 32 layers x 4096, vocab 126,464; Dream 28 x 3584, vocab 152,064; no weights needed), prompts of `--prompt`
@@ -18,6 +19,9 @@ d3llm + KV cache) at each batch size. Per run it prints one JSON line and, at th
 * host syncs per forward: counted in a separate, shorter run with decoding/sync_counter.py (goal <= 1).
 
 `--max-forwards` caps the iterations of every decode (default 64: a step time needs no full generation).
+`--compile` adds a `<decoder>+compile` row per decoder (decode.compile=true: torch.compile of the model forward,
+dynamic shapes), timed after a warm-up decode that pays the compilation; its bare forward is compiled too, and its
+host syncs are counted on the eager path (a dispatch mode cannot see inside compiled code).
 """
 
 from __future__ import annotations
@@ -103,9 +107,13 @@ def measure(lm, prompts: torch.Tensor, name: str, spec: DecodeSpec, args, device
         walls.append(time.perf_counter() - start)
     wall = statistics.median(walls)
     iterations = int(result.nfe.max())
-    with SyncCounter(device) as syncs:
-        counted = decode(lm, prompts, dataclasses.replace(spec, max_forwards=min(args.sync_forwards,
-                                                                                   spec.forward_cap)))
+    compiled, lm._compiled = lm._compiled, None  # counted on the eager path (see the module docstring)
+    try:
+        with SyncCounter(device) as syncs:
+            counted = decode(lm, prompts, dataclasses.replace(spec, compile=False, max_forwards=min(
+                args.sync_forwards, spec.forward_cap)))
+    finally:
+        object.__setattr__(lm, "_compiled", compiled)
     revealed = int((result.unmask_step >= 0).sum())
     return {"preset": args.preset_name, "decoder": name, "batch": len(prompts), "dtype": args.dtype,
             "device": str(device), "prompt": prompt_len, "gen": spec.gen_length, "block": spec.block_size,
@@ -172,6 +180,7 @@ def main() -> None:
     parser.add_argument("--decode-repeats", type=int, default=1, help="timed decodes per row (median)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--official", default=None, help="a clone of hao-ai-lab/d3LLM: time its decoder too")
+    parser.add_argument("--compile", action="store_true", help="also time every decoder with decode.compile=true")
     parser.add_argument("--json", default=None, help="also write all rows to this file")
     args = parser.parse_args()
     if args.tiny:  # the tiny shapes for every option left at its default
@@ -193,21 +202,25 @@ def main() -> None:
         gen = torch.Generator().manual_seed(0)
         all_prompts = torch.randint(0, n_special_free, (max(int(b) for b in args.batch_sizes.split(",")),
                                                         args.prompt), generator=gen).to(device)
-        for batch in (int(b) for b in args.batch_sizes.split(",")):
-            for name in args.decoders.split(","):
-                rows.append(measure(lm, all_prompts[:batch], name, decoders(args)[name], args, device))
-                print(json.dumps(rows[-1]), flush=True)
+        for compiled in (False, True) if args.compile else (False,):
+            if compiled:
+                lm.compile_forward()  # every later no-grad forward, bare ones included
+            for batch in (int(b) for b in args.batch_sizes.split(",")):
+                for name in args.decoders.split(","):
+                    spec = dataclasses.replace(decoders(args)[name], compile=compiled)
+                    rows.append(measure(lm, all_prompts[:batch], name + "+compile" * compiled, spec, args, device))
+                    print(json.dumps(rows[-1]), flush=True)
         if official is not None and short == "llada":
             rows.append(run_official(official, lm, all_prompts, args))
             print(json.dumps(rows[-1]), flush=True)
         del lm
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
-    print(f"\n{'preset':<6} {'decoder':<12} {'batch':>5} {'tok/s':>9} {'step ms':>9} {'fwd ms':>8} {'step/fwd':>8} "
+    print(f"\n{'preset':<6} {'decoder':<20} {'batch':>5} {'tok/s':>9} {'step ms':>9} {'fwd ms':>8} {'step/fwd':>8} "
           f"{'peak GiB':>8} {'syncs/fwd':>9}")
     for r in rows:
         if "step_ms" in r:
-            print(f"{r['preset']:<6} {r['decoder']:<12} {r['batch']:>5} {r['tokens_per_s']:>9.1f} {r['step_ms']:>9.2f} "
+            print(f"{r['preset']:<6} {r['decoder']:<20} {r['batch']:>5} {r['tokens_per_s']:>9.1f} {r['step_ms']:>9.2f} "
                   f"{r['bare_forward_ms']:>8.2f} {r['step_over_forward']:>8.2f} {r['peak_gib']:>8.2f} "
                   f"{r['syncs_per_forward']:>9.2f}")
 

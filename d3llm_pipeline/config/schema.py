@@ -70,6 +70,7 @@ class DecodeConfig:
     refresh_interval: int | None = None  # every this many iterations a full forward refreshes the cache; null = never
     cache_plan: str = "ours"  # ours | reference (the family's official cached decoder's forward plan)
     entropy_dtype: str = "float32"  # float32 | float64 (scores as the official code computes them)
+    compile: bool = False  # torch.compile the model forward for decoding (same tokens; first decode compiles)
 
     def __post_init__(self) -> None:
         check(self.rule in ("vanilla", "threshold", "d3llm"),

@@ -135,6 +135,8 @@ def decode(
     and `truncated` marks the affected samples). `sample_keys` (B,) identify samples for temperature noise
     (default: their batch index); pass stable ids (e.g. dataset row ids) to make sampling batch-independent.
     """
+    if spec.compile and hasattr(model, "compile_forward"):
+        model.compile_forward()  # once per model; later decodes reuse (and at most recompile) its graphs
     if spec.rule == "d3llm":
         return decode_multi_block(model, prompt_ids, spec, prompt_attention_mask, sample_keys)
     assert prompt_ids.dim() == 2, "prompt_ids must be (B, P)"

@@ -47,6 +47,8 @@ class DecodeSpec:
     # "ours" (see prefix_cache.plan_forward) | "reference": the family's official cached decoder's forward plan
     cache_plan: str = "ours"
     entropy_dtype: str = "float32"  # "float64": scores as the official code computes them (reproduction runs)
+    # torch.compile the model's forward (dynamic shapes) for decoding: same tokens, first decode pays the compile
+    compile: bool = False
 
     @property
     def num_blocks(self) -> int:

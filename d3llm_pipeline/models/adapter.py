@@ -99,6 +99,19 @@ class HFDiffusionAdapter(torch.nn.Module):
         for module in model.modules():
             if hasattr(module, "warn_if_padding_and_no_attention_mask"):
                 module.warn_if_padding_and_no_attention_mask = _no_padding_warning
+        # decode.compile: torch.compile(model) for forwards without autograd (decoding). A plain attribute, not a
+        # submodule, so parameters and state_dict keys are unchanged; training (grad enabled) stays eager.
+        self._compiled = None
+
+    def compile_forward(self) -> None:
+        """Send every no-grad forward through torch.compile(model, dynamic=True) from now on (decode.compile):
+        compiled at the first forward (seconds to minutes), recompiled when a new shape pattern appears."""
+        if self._compiled is None:
+            object.__setattr__(self, "_compiled", torch.compile(self.model, dynamic=True))
+
+    def _run(self, **kwargs):
+        compiled = self._compiled is not None and not torch.is_grad_enabled()
+        return (self._compiled if compiled else self.model)(**kwargs)
 
     def _select_head_rows(self, module, args):
         """Forward pre-hook of the LM head: only the rows `forward_kv` asked for, as (n, H)."""
@@ -119,7 +132,7 @@ class HFDiffusionAdapter(torch.nn.Module):
 
         keep_count: keep.sum() if the caller knows it (no host sync then; see `forward_kv`)."""
         if keep is None:
-            out = self.model(input_ids=input_ids, attention_mask=attention_mask)
+            out = self._run(input_ids=input_ids, attention_mask=attention_mask)
             return align_logits(out.logits, self.shift_logits)
         return self.forward_kv(input_ids, 0, None, attention_mask, keep, return_kv=False, keep_count=keep_count)[0]
 
@@ -181,7 +194,7 @@ class HFDiffusionAdapter(torch.nn.Module):
             kwargs[self._cache_kwarg] = DynamicCache(ddp_cache_data=past) if past is not None else None
             kwargs["use_cache"] = True
         try:
-            out = self.model(**kwargs)
+            out = self._run(**kwargs)
         finally:
             self._head_rows = None
         logits = out.logits

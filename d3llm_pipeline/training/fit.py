@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -71,5 +72,7 @@ def _evaluate(lm, tokenizer, problems, spec, prompt_length: int, batch_size: int
 
 def validation_evaluator(tokenizer, problems, decode: DecodeConfig, prompt_length: int):
     """A picklable callable lm -> {accuracy, tpf, ...} decoding `problems` (works under ddp_spawn)."""
-    return functools.partial(_evaluate, tokenizer=tokenizer, problems=problems, spec=spec_from(decode),
+    # never compiled here: the model is the one being trained (its grad-enabled forwards stay eager anyway)
+    spec = dataclasses.replace(spec_from(decode), compile=False)
+    return functools.partial(_evaluate, tokenizer=tokenizer, problems=problems, spec=spec,
                              prompt_length=prompt_length, batch_size=decode.batch_size)
