@@ -11,7 +11,13 @@ import pytest
 from hydra import compose, initialize_config_dir
 from test_pipeline import STEP_OVERRIDES, steps_override  # the smoke steps stage=pipeline's test uses
 
-from d3llm_pipeline.reporting.ablation_table import ablation_rows, markdown_table, signed_pct, write_csv
+from d3llm_pipeline.reporting.ablation_table import (
+    ablation_rows,
+    markdown_table,
+    seed_mean_report,
+    signed_pct,
+    write_csv,
+)
 from d3llm_pipeline.reporting.aggregate import build_report
 from d3llm_pipeline.reporting.aup import aup
 from d3llm_pipeline.stages import call_stage
@@ -100,6 +106,25 @@ def test_seeded_table_has_intervals_and_calls_signs_by_hand():
     assert table[3].split(" | ")[2:5] == ["3", "90.0 ± 0.0", "6.43 ± 1.27"]  # sd 0.513 -> 4.303·0.513/√3
     assert "-28.3% ± 7.2 (-)" in table[3] and "(n.s.)" in table[4]
     assert "means over 3 training seeds" in table[-1]
+
+
+def test_seed_means_curve_by_hand():
+    """seed_mean_report: per τ the mean TPF / accuracy over seeds with t-intervals; AUP the seeds' mean AUP."""
+    runs = [seeded("full", 0, 0.5, 8.0, 0.90), seeded("full", 0, 2.0, 10.0, 0.80),
+            seeded("full", 1, 0.5, 9.0, 0.94), seeded("full", 1, 2.0, 12.0, 0.84),
+            seeded("single_block", 0, 0.5, 7.0, 0.90)]  # seed 1 missing: its means are over one seed
+    report = build_report(runs)
+    means = seed_mean_report(report, ["full", "single_block"], [0, 1])
+    full = next(c for c in means["curves"] if c["model"] == "full")
+    assert [(p["threshold"], p["tpf"], p["accuracy"]) for p in full["points"]] == [
+        (0.5, pytest.approx(8.5), pytest.approx(92.0)), (2.0, pytest.approx(11.0), pytest.approx(82.0))]
+    assert full["points"][1]["tpf_ci"] == pytest.approx(12.706)  # 10, 12: sd √2, half = t(0.975, 1) · √2 / √2
+    aups = [c["aup"] for c in report["curves"] if c["model"].startswith("full@")]
+    assert full["aup"] == pytest.approx(sum(aups) / 2) and full["seeds"] == 2
+    assert full["aup_ci"] == pytest.approx(12.706 * abs(aups[0] - aups[1]) / 2)  # sd = |a - b| / √2, / √2
+    single = next(c for c in means["curves"] if c["model"] == "single_block")
+    assert single["seeds"] == 1 and single["aup_ci"] is None and single["points"][0]["tpf"] == 7.0
+    assert means["y_max"] == report["y_max"] == pytest.approx(94.0)
 
 
 def test_signed_percent_always_has_a_sign():
@@ -197,6 +222,10 @@ def test_ablation_stage_end_to_end(tmp_path):
     per_seed = [json.loads((run_dir / "variants" / "single_block" / f"seed_{s}" / "0" / "metrics.json").read_text())
                 ["tpf"] for s in (0, 1)]
     assert two["single_block"]["tpf"] == pytest.approx(sum(per_seed) / 2)
+    means = json.loads((run_dir / "aup_means.json").read_text())  # what aup_curve.png draws with two seeds
+    assert sorted(c["model"] for c in means["curves"]) == ["full", "single_block"]
+    assert min(p["tpf"] for p in next(c for c in means["curves"] if c["model"] == "single_block")["points"]) \
+        == pytest.approx(sum(per_seed) / 2)  # τ 0.5 has the lowest TPF
 
 
 def test_t_quantiles_match_scipy():

@@ -75,6 +75,8 @@ CASES = [
     ("teacher_lr", ["stage=teacher", "stage.lr=0"], "stage.lr must be > 0"),
     ("teacher_steps_word", ["stage=teacher", "stage.max_steps=many"], "stage.max_steps"),
     ("eval_split", ["stage=eval", "stage.split=dev"], "stage.split must be test, validation or train"),
+    ("benchmark_split", ["stage=eval", "task=gsm8k_cot", "stage.split=validation"],
+     "stage.split=validation applies to the embedded task"),
     ("trajectory_shard", ["stage=trajectory", "stage.num_shards=2", "stage.shard=2"], "stage.shard must be in"),
     ("import_no_source", ["stage=trajectory_import"], "stage.source must name"),
     ("distill_lora_r", ["stage=distill", "distill.lora.r=0"], "distill.lora.r must be >= 1"),

@@ -7,6 +7,7 @@ parameter counts; the CLI prints every strategy.
 from __future__ import annotations
 
 import pytest
+from conftest import needs_official
 
 from d3llm_pipeline.models.families.shapes import meta_model_of
 from d3llm_pipeline.models.memory import estimate, main, shape_of
@@ -73,3 +74,47 @@ def test_published_shapes_and_cli(capsys):
     assert all(f"\n{s} " in out for s in ("cpu", "gpu", "ddp", "fsdp"))
     with pytest.raises(SystemExit, match="unknown model preset"):
         main(["--preset", "llama_70b"])
+
+
+def test_distill_dry_run_estimates_the_configured_run_without_weights(tmp_path):
+    """stage=distill stage.dry_run=true: the preset's shape for a Hub id that is not downloaded, the run's own
+    strategy / devices / per-device batch / lengths, and nothing but metrics.json written."""
+    import json
+
+    from conftest import compose_at
+
+    from d3llm_pipeline.stages import call_stage
+
+    out = tmp_path / "job"
+    cfg = compose_at(tmp_path, "stage=distill", "model=llada_8b_instruct", "distill=llada", "trainer=fsdp",
+                     "task=dparallel_prompts", "stage.dry_run=true", "stage.batch_size=64", f"+output_dir={out}")
+    summary = call_stage(cfg)
+    big = shape_of(meta_model_of("llada_8b_instruct"), 256, TARGETS)
+    want = estimate(big, 256, "fsdp", devices=8, batch=64 // 8, prompt=256, gen=256, checkpointing=True)
+    assert summary["per_device_bytes"] == want.total and summary["parameters"] == big.params
+    assert summary["inputs"]["fsdp_wrap"] == "layer" and summary["inputs"]["batch_per_device"] == 8
+    assert json.loads((out / "metrics.json").read_text())["per_device_gib"] == want.gib()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job"]  # no artifacts, no lock, no checkpoints
+    ddp = call_stage(compose_at(tmp_path, "stage=distill", "model=llada_8b_instruct", "distill=llada", "trainer=ddp",
+                                "task=dparallel_prompts", "stage.dry_run=true", f"+output_dir={out}"))
+    assert ddp["per_device_bytes"] == estimate(big, 256, "ddp", devices=8, batch=4, checkpointing=True).total
+
+
+@needs_official
+def test_distill_dry_run_reads_a_local_teacher_config(tmp_path):
+    from conftest import OFFICIAL, compose_at
+
+    from d3llm_pipeline.config.schema import ConfigError
+    from d3llm_pipeline.models.families import load_model
+    from d3llm_pipeline.stages import call_stage
+
+    path = OFFICIAL / "dream_tiny"
+    summary = call_stage(compose_at(tmp_path, "stage=distill", "model=student", "model.family=dream",
+                                    f"model.path={path}", "trainer=gpu", "stage.dry_run=true",
+                                    f"+output_dir={tmp_path / 'job'}"))
+    lm, _ = load_model(path, "dream")
+    assert summary["parameters"] == sum(p.numel() for p in lm.model.parameters())  # its config.json's shape
+    assert summary["inputs"]["strategy"] == "gpu" and summary["inputs"]["devices"] == 1
+    with pytest.raises(ConfigError, match="model.name=tiny-teacher is not a preset"):
+        call_stage(compose_at(tmp_path, "stage=distill", f"model.path={tmp_path / 'none'}", "stage.dry_run=true",
+                              f"+output_dir={tmp_path / 'job2'}"))

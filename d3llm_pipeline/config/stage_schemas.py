@@ -138,6 +138,7 @@ class DistillStageConfig:
     resume: bool = True
     overwrite: bool = False
     gradient_checkpointing: bool = False  # recompute activations in backward (8B students on one GPU); off: faster
+    dry_run: bool = False  # only estimate the memory per device (stages/distill_dry_run.py) and exit
     compare: StudentCompareConfig = field(default_factory=StudentCompareConfig)
 
     def __post_init__(self) -> None:

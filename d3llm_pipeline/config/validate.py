@@ -213,6 +213,11 @@ def validate_config(cfg: DictConfig) -> None:
         check(stage_name in BENCHMARK_STAGES,
                f"task={loaded['task'].name} is a benchmark, which stage={' or stage='.join(BENCHMARK_STAGES)} runs; "
                f"stage={stage_name} trains or labels on the embedded task (task=arith)")
+        split = _plain(cfg.stage, "split") if "split" in cfg.stage else "test"
+        check(stage_name != "eval" or split == "test",
+               f"stage.split={split} applies to the embedded task; task={loaded['task'].name} is scored on the split "
+               "lm-eval scores (its test split); to score other rows give them as that split: "
+               "task.data_files=<file.jsonl>")
     if isinstance(loaded["task"], PromptSetTaskConfig):
         check(stage_name in PROMPT_SET_STAGES,
                f"task={loaded['task'].name} is a prompt set, which stage={' or stage='.join(PROMPT_SET_STAGES)} "

@@ -88,6 +88,32 @@ class Estimate:
         return {k: round(v / GIB, 2) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
 
+def teacher_shape(teacher_path: str, model_name: str, lora_r: int, targets: tuple[str, ...]) -> Shape:
+    """The Shape of a distillation teacher without its weights: from its config.json when `teacher_path` is a local
+    checkpoint dir, else from the preset named like `model_name` (llada-8b-instruct -> llada_8b_instruct), whose
+    published architecture models/families/shapes.py holds (a Hub id need not be downloaded)."""
+    from pathlib import Path
+
+    from d3llm_pipeline.config.schema import ConfigError
+    from d3llm_pipeline.models.families import family_of
+    from d3llm_pipeline.models.families.native import meta_model
+    from d3llm_pipeline.models.families.shapes import meta_model_of, preset_names
+
+    config_file = Path(teacher_path) / "config.json"
+    if config_file.is_file():
+        family = family_of(teacher_path)
+        if family is None or family.build_config is None:
+            raise ConfigError(f"stage.dry_run estimates LLaDA / Dream teachers; {config_file} is "
+                              f"{'not one' if family is None else 'the tiny teacher (no estimate needed)'}")
+        return shape_of(meta_model(family.build_config(json.loads(config_file.read_text())), "sdpa"), lora_r,
+                        targets)
+    preset = model_name.replace("-", "_")
+    if preset not in preset_names():
+        raise ConfigError(f"stage.dry_run needs the teacher's shape: stage.teacher_path={teacher_path} has no "
+                          f"config.json and model.name={model_name} is not a preset ({', '.join(preset_names())})")
+    return shape_of(meta_model_of(preset), lora_r, targets)
+
+
 def activation_elements_per_token_layer(s: Shape, lora_r: int) -> int:
     return 7 * s.hidden + 3 * s.kv_hidden + 4 * s.intermediate + 7 * lora_r
 

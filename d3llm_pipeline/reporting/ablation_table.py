@@ -110,6 +110,32 @@ def ablation_rows(report: dict[str, Any], runs: list[dict[str, Any]], changes: d
     return rows
 
 
+def seed_mean_report(report: dict[str, Any], variants: list[str], seeds: list[int]) -> dict[str, Any]:
+    """One curve per (variant, decoder) from its seeds' curves: at each τ the mean TPF and accuracy over the seeds
+    that decoded it (`tpf_ci` / `accuracy_ci`: 95% half-widths), AUP the mean of the seeds' AUPs (`aup_ci`). The
+    per-seed report keeps the raw curves; this one is for reading (aggregate.plot_curves draws the intervals)."""
+    by_label = {c["model"]: c for c in report["curves"]}
+    curves = []
+    for variant in variants:
+        members = [by_label[label] for label in (variant_label(variant, s, len(seeds)) for s in seeds)
+                   if label in by_label]
+        for decoder in sorted({c["decoder"] for c in members}):
+            same = [c for c in members if c["decoder"] == decoder]
+            taus = sorted({p["threshold"] for c in same for p in c["points"]}, key=lambda t: (t is None, t))
+            points = []
+            for tau in taus:
+                at = [p for c in same for p in c["points"] if p["threshold"] == tau]
+                tpf, tpf_ci = mean_ci([p["tpf"] for p in at])
+                acc, acc_ci = mean_ci([p["accuracy"] for p in at])
+                points.append({"tpf": tpf, "accuracy": acc, "threshold": tau, "tpf_ci": tpf_ci,
+                               "accuracy_ci": acc_ci, "seeds": len(at)})
+            aup_mean, aup_ci = mean_ci([c["aup"] for c in same])
+            curves.append({"model": variant, "decoder": decoder, "aup": aup_mean, "aup_ci": aup_ci,
+                           "seeds": len(same), "points": sorted(points, key=lambda p: p["tpf"])})
+    curves.sort(key=lambda c: -c["aup"])
+    return {"y_max": report["y_max"], "curves": curves}
+
+
 def signed_pct(value: float | None) -> str:
     """+12.3% / -4.0% (never "-0.0%"), n/a for None."""
     if value is None:

@@ -117,10 +117,18 @@ def plot_curves(report: dict[str, Any], path: Path) -> None:
     for c in report["curves"]:
         xs = [p["tpf"] for p in c["points"]]
         ys = [p["accuracy"] for p in c["points"]]
-        ax.plot(xs, ys, marker="o", label=f"{c['model']} / {c['decoder']} (AUP {c['aup']:.0f})")
+        aup_text = f"{c['aup']:.0f}" + (f" ± {c['aup_ci']:.0f}" if c.get("aup_ci") is not None else "")
+        label = f"{c['model']} / {c['decoder']} (AUP {aup_text})"
+        if any(p.get("tpf_ci") is not None for p in c["points"]):  # means over seeds: 95% intervals as bars
+            ax.errorbar(xs, ys, xerr=[p.get("tpf_ci") or 0.0 for p in c["points"]],
+                        yerr=[p.get("accuracy_ci") or 0.0 for p in c["points"]], marker="o", capsize=2, label=label)
+        else:
+            ax.plot(xs, ys, marker="o", label=label)
     ax.set_xlabel("tokens per forward (TPF)")
     ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"Accuracy under parallelism (y_max = {report['y_max']:.1f})")
+    title = f"Accuracy under parallelism (y_max = {report['y_max']:.1f})"
+    seeds = max((c.get("seeds", 1) for c in report["curves"]), default=1)
+    ax.set_title(title + (f"\nmeans over {seeds} seeds, 95% intervals" if seeds > 1 else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -38,12 +38,13 @@ from d3llm_pipeline.reporting.ablation_table import (
     ablation_rows,
     as_lists,
     markdown_table,
+    seed_mean_report,
     variant_label,
     write_csv,
 )
-from d3llm_pipeline.reporting.aggregate import build_report, collect_runs, write_report
+from d3llm_pipeline.reporting.aggregate import build_report, collect_runs, plot_curves, write_report
 from d3llm_pipeline.reporting.wandb_report import log_report
-from d3llm_pipeline.runtime import atomic_write_text
+from d3llm_pipeline.runtime import atomic_write_json, atomic_write_text
 from d3llm_pipeline.stages import output_dir_of
 from d3llm_pipeline.stages.steps import run_step, user_overrides
 
@@ -116,6 +117,11 @@ def tabulate(cfg: DictConfig, stage: AblationStageConfig, out_dir: Path) -> dict
             failed += missing
     report = build_report(runs)  # y_max = the best accuracy of any variant and seed: one scale for every AUP
     written = write_report(out_dir, report, failed)
+    if len(stage.seeds) > 1:  # one curve per variant (seed means, 95% bars) instead of variants x seeds
+        means = seed_mean_report(report, list(stage.variants), list(stage.seeds))
+        atomic_write_json(out_dir / "aup_means.json", means)
+        plot_curves(means, out_dir / "aup_curve.png")
+        written.append(out_dir / "aup_means.json")
     changes = {variant: ABLATION_VARIANTS[variant][1] for variant in stage.variants}
     rows = ablation_rows(report, runs, changes, stage.reference_threshold, seeds=list(stage.seeds))
     table = markdown_table(rows, stage.reference_threshold, report["y_max"])

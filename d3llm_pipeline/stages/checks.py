@@ -156,7 +156,9 @@ def precheck(cfg: Any) -> None:
 
     name = cfg.stage.name
     if name == "distill":
-        check_distill_io(load_section(cfg.stage, STAGE_SCHEMAS[name], "stage"))
+        stage = load_section(cfg.stage, STAGE_SCHEMAS[name], "stage")
+        if not stage.dry_run:  # a dry run reads the teacher's shape only (it may be a preset not downloaded)
+            check_distill_io(stage)
     elif name == "trajectory":
         from d3llm_pipeline.models.families import get_family  # (no torch import)
 

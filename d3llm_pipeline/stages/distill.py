@@ -85,6 +85,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     distill = load_section(cfg.distill, DistillConfig, "distill")
     task = load_task(cfg.task)
     val_decode = load_section(cfg.decode, DecodeConfig, "decode")
+    if stage.dry_run:  # the memory estimate only: no weights, trajectories or GPU needed
+        from d3llm_pipeline.stages.distill_dry_run import dry_run
+
+        return dry_run(cfg, stage, distill, task, _world_size(cfg))
     threads = setup_run(cfg)
     out_dir = Path(stage.out_dir)
     check_distill_io(stage)  # teacher, trajectories and out_dir, before anything is loaded
