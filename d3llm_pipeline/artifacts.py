@@ -94,10 +94,10 @@ def eval_request(cfg: Any, model_fp: str | None = None) -> str:
     metrics, so one can be reused."""
     from omegaconf import OmegaConf
 
-    return fingerprint({
-        "model": model_fp or model_fingerprint(str(cfg.model.path)), "seed": cfg.seed,
-        **{key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("decode", "task", "stage")},
-    })
+    sections = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("decode", "task", "stage")}
+    if not sections["decode"].get("compile", False):  # added later; off, it is the request it always was
+        sections["decode"].pop("compile", None)
+    return fingerprint({"model": model_fp or model_fingerprint(str(cfg.model.path)), "seed": cfg.seed, **sections})
 
 
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

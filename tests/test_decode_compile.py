@@ -69,3 +69,29 @@ def test_grad_enabled_forwards_stay_eager(models):
     finally:
         object.__setattr__(compiled, "_compiled", original)
         compiled.zero_grad(set_to_none=True)
+
+
+def test_compile_keeps_artifact_identities(tmp_path):
+    """decode.compile changes how the forward runs, not what it computes: trajectory chunks and finished evals
+    written before the knob existed stay valid (a compiled eval is its own request: its tokens/s differ)."""
+    from conftest import compose_at
+    from omegaconf import open_dict
+
+    from d3llm_pipeline import artifacts
+    from d3llm_pipeline.config.schema import ModelConfig, load_section
+    from d3llm_pipeline.config.stage_schemas import TrajectoryStageConfig
+    from d3llm_pipeline.config.task_schema import load_task
+    from d3llm_pipeline.stages.trajectory import _run_fingerprint
+
+    cfg = compose_at(tmp_path, "stage=trajectory")
+    model, task = load_section(cfg.model, ModelConfig, "model"), load_task(cfg.task)
+    stage = load_section(cfg.stage, TrajectoryStageConfig, "stage")
+    spec = SPECS["threshold"]
+    assert _run_fingerprint(model, task, replace(spec, compile=True), stage) == _run_fingerprint(model, task, spec,
+                                                                                               stage)
+    evals = [compose_at(tmp_path, "stage=eval", f"decode.compile={c}") for c in ("false", "true")]
+    older = compose_at(tmp_path, "stage=eval")
+    with open_dict(older):
+        del older.decode["compile"]  # a config from before the knob
+    requests = [artifacts.eval_request(c, model_fp="m") for c in (*evals, older)]
+    assert requests[0] == requests[2] != requests[1]

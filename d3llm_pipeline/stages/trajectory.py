@@ -55,6 +55,7 @@ def _run_fingerprint(model_cfg: ModelConfig, task: ArithTaskConfig | PromptSetTa
         from d3llm_pipeline.models.families import get_family
 
         decode_identity["accept_global_best"] = get_family(model_cfg.family).decode_defaults.accept_global_best
+    decode_identity.pop("compile")  # how the forward runs, not what it computes: same rows compiled or not
     for key, default in (("cache_plan", "ours"), ("entropy_dtype", "float32")):  # added later: at their
         if decode_identity[key] == default:  # defaults they change nothing, so older chunks stay valid
             decode_identity.pop(key)
