@@ -37,7 +37,7 @@ sweep:  ## threshold sweep: one eval job per entropy threshold (preset conf/expe
 demo:  ## end to end: teacher -> trajectories -> distill -> sweeps -> AUP plot + leaderboard (reuses artifacts)
 	$(PY) -m d3llm_pipeline stage=pipeline
 
-demo-long:  ## the end-to-end demo on the long-generation task (task=arith_long, own artifacts under artifacts_long; 35 min from scratch on 2 idle cores)
+demo-long:  ## the end-to-end demo on the long-generation task (task=arith_long, own artifacts under artifacts_long; ~36 min from scratch on 2 idle cores)
 	$(PY) -m d3llm_pipeline stage=pipeline experiment=demo_long
 
 ablation: ablation-short ablation-long  ## the paper's ablations on both embedded tasks, 3 training seeds each

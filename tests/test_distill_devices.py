@@ -20,6 +20,7 @@ from test_distill_stage import crash_distillation, distill_overrides, losses_by_
 from d3llm_pipeline.config.schema import DistillConfig, LoraConfig
 from d3llm_pipeline.models.lora import make_student
 from d3llm_pipeline.models.tiny import load_tiny_teacher
+from d3llm_pipeline.objectives.distill_losses import DistillLossConfig, distill_loss_rows, term_counts
 from d3llm_pipeline.objectives.distill_masking import random_masks, sample_windows
 from d3llm_pipeline.stages import call_stage
 from d3llm_pipeline.training.distill_module import DistillModule
@@ -107,3 +108,49 @@ def test_each_rank_draws_what_one_process_draws_for_its_rows(tmp_path, tokenizer
         assert all(part[2] == ratio for part in parts)  # one mask ratio per step on every rank
         assert torch.equal(torch.cat([part[0] for part in parts]), primary)
         assert torch.equal(torch.cat([part[1] for part in parts]), complement)
+
+
+@pytest.mark.parametrize("recipe", [DistillLossConfig(),  # LLaDA: CE + CE' + 2 H
+                                    DistillLossConfig(entropy_weight=1.0, entropy_on_complementary=True)])  # Dream
+def test_rank_losses_with_global_denominators_average_to_the_global_gradient(recipe):
+    """Two ranks, each dividing its sums by the global row counts / 2 (term_counts, all-reduced): the mean of
+    their losses and of their gradients (what DDP averages) equals the one-process loss and gradient."""
+    g = _gen(4)
+    head = torch.randn(8, 11, generator=g, requires_grad=True)  # stands in for the student: rows = hidden @ head
+    hidden, hidden_c = torch.randn(30, 8, generator=g), torch.randn(22, 8, generator=g)
+    targets, targets_c = torch.randint(0, 11, (30,), generator=g), torch.randint(0, 11, (22,), generator=g)
+    targets[:12] = (hidden[:12] @ head).argmax(-1).detach()  # argmax-correct rows: the entropy terms count
+    targets_c[:9] = (hidden_c[:9] @ head).argmax(-1).detach()
+
+    def loss(rows_slice, comp_slice, denominators=None):
+        return distill_loss_rows(hidden[rows_slice] @ head, hidden_c[comp_slice] @ head, targets[rows_slice],
+                                 targets_c[comp_slice], recipe, denominators)["loss"]
+
+    full = loss(slice(None), slice(None))
+    (want,) = torch.autograd.grad(full, head)
+    shards = [(slice(0, 20), slice(0, 7)), (slice(20, 30), slice(7, 22))]  # unequal rows and correct counts
+    counts = sum(term_counts((hidden[r] @ head).detach(), targets[r], (hidden_c[c] @ head).detach(), targets_c[c])
+                 for r, c in shards)
+    correct = [int(((h @ head).argmax(-1) == t).sum()) for h, t in ((hidden, targets), (hidden_c, targets_c))]
+    assert counts.tolist() == [30.0, 22.0, *correct] and correct[0] >= 12 and correct[1] >= 9
+    losses = [loss(r, c, counts / 2) for r, c in shards]
+    grads = [torch.autograd.grad(value, head)[0] for value in losses]
+    torch.testing.assert_close(sum(losses) / 2, full, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close((grads[0] + grads[1]) / 2, want, rtol=1e-5, atol=1e-6)
+    # the per-rank means (what each rank computed before) do not: the shards are unequal
+    assert not torch.allclose((loss(*shards[0]) + loss(*shards[1])) / 2, full, atol=1e-4)
+
+
+@pytest.mark.slow  # one gloo run of 2 processes and one of 1: ~35 s on 2 idle cores
+def test_two_devices_train_the_student_one_device_trains(workspace):
+    """Same global batch, noise and loss on 1 or 2 devices: the trained LoRA agrees to float rounding."""
+    from safetensors.torch import load_file
+
+    one = distill_overrides(workspace, "one_dev", "trainer.devices=1", "logger=none")
+    two = distill_overrides(workspace, "two_dev", "+trainer.strategy=ddp_spawn", "trainer.devices=2", "logger=none")
+    for overrides in (one, two):
+        call_stage(compose_at(workspace, *overrides))
+    a, b = (load_file(str(workspace / d / "adapter" / "adapter_model.safetensors")) for d in ("one_dev", "two_dev"))
+    assert a.keys() == b.keys() and any(v.abs().sum() > 0 for k, v in a.items() if "lora_B" in k)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)

@@ -41,8 +41,8 @@ def test_pipeline_runs_on_an_official_format_fixture(tmp_path, family):
     teacher = prepare_fixture(OFFICIAL / f"{family}_tiny", tmp_path / "teacher")
     result = run_pipeline(tmp_path, f"{family}_fixture", teacher)
     name = f"{family}-fixture"
-    assert set(result["aup"]) == {f"{name}/vanilla", f"{name}/threshold", f"{name}-student/threshold",
-                                  f"{name}-student/d3llm"}
+    assert set(result["aup"]) == {f"{name}/vanilla", f"{name}/threshold", f"{name}/d3llm",
+                                  f"{name}-student/threshold", f"{name}-student/d3llm"}
     run = tmp_path / "run"
     assert not (run / "teacher").exists()  # a real family's teacher is the given checkpoint, never trained
     trajectory = json.loads((run / "trajectory" / "metrics.json").read_text())

@@ -40,10 +40,10 @@ def run_pipeline(root: Path, run: str) -> dict:
 
 def test_pipeline_runs_every_step_then_reuses_artifacts(tmp_path):
     first = run_pipeline(tmp_path, "run1")
-    assert set(first["aup"]) == {"tiny-teacher/vanilla", "tiny-teacher/threshold",
-                                 "tiny-student/threshold", "tiny-student/d3llm"}
+    assert set(first["aup"]) == {"tiny-teacher/vanilla", "tiny-teacher/threshold", "tiny-teacher/d3llm",
+                                 "tiny-student/threshold", "tiny-student/d3llm"}  # teacher/d3llm: the control
     report = json.loads((tmp_path / "run1" / "aup.json").read_text())
-    assert sum(len(c["points"]) for c in report["curves"]) == 1 + 2 + 2 + 2
+    assert sum(len(c["points"]) for c in report["curves"]) == 1 + 2 + 2 + 2 + 2
     assert (tmp_path / "run1" / "aup_curve.png").is_file() and (tmp_path / "run1" / "leaderboard.md").is_file()
     weights = tmp_path / "outputs" / "artifacts_smoke" / "student" / "merged" / "model.safetensors"
     stamp = weights.stat().st_mtime_ns

@@ -187,7 +187,7 @@ def check_steps(step_overrides: dict[str, list[str]], thresholds: list[float]) -
 class PipelineStageConfig:
     name: str = "pipeline"
     thresholds: list[float] = field(default_factory=lambda: [0.05, 0.2, 0.3, 0.5, 0.6, 1.0, 1.5, 2.2])
-    teacher_decoders: list[str] = field(default_factory=lambda: ["vanilla", "threshold"])
+    teacher_decoders: list[str] = field(default_factory=lambda: ["vanilla", "threshold", "d3llm"])
     student_decoders: list[str] = field(default_factory=lambda: ["threshold", "d3llm"])
     # Extra overrides for one step only, e.g. teacher: ["stage.max_steps=100"] (stage.* keys differ per step).
     step_overrides: dict[str, list[str]] = field(default_factory=dict)

@@ -20,12 +20,15 @@ import torch.nn.functional as F
 _LOG_EPS = 1e-12
 
 
-def entropy_on_correct_rows(rows: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+def entropy_on_correct_rows(rows: torch.Tensor, targets: torch.Tensor, temperature: float,
+                            denominator: torch.Tensor | None = None) -> torch.Tensor:
     """Mean predictive entropy over the rows whose raw-logit argmax equals their target.
 
     q = softmax(rows / T) in float32, H_tok = -sum q log(q + 1e-12). Penalising it on already-correct
     predictions sharpens them, so more tokens pass the confidence/entropy threshold at decode time.
     Returns a scalar; 0 (with a graph, so backward still works) when no row qualifies.
+    `denominator` (a scalar tensor) replaces the local count of qualifying rows: sum / denominator (see
+    `distill_loss_rows`).
 
     rows: (N, V) logits of the masked positions; targets: (N,).
     """
@@ -36,7 +39,7 @@ def entropy_on_correct_rows(rows: torch.Tensor, targets: torch.Tensor, temperatu
         return rows.sum() * 0.0
     q = torch.softmax(selected / temperature, dim=-1)  # (M, V)
     h_tok = -(q * torch.log(q + _LOG_EPS)).sum(dim=-1)  # (M,)
-    return h_tok.mean()
+    return h_tok.mean() if denominator is None else h_tok.sum() / denominator.clamp(min=1)
 
 
 def entropy_on_correct(
@@ -46,12 +49,31 @@ def entropy_on_correct(
     return entropy_on_correct_rows(logits[masked], targets[masked], temperature)
 
 
-def cross_entropy_rows(rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def cross_entropy_rows(rows: torch.Tensor, targets: torch.Tensor, denominator: torch.Tensor | None = None
+                       ) -> torch.Tensor:
     """Mean token cross-entropy of (N, V) rows against (N,) targets in float32 (= losses.masked_cross_entropy
-    of the full logits); 0 with a graph when N = 0."""
+    of the full logits); 0 with a graph when N = 0. `denominator` (a scalar tensor) replaces N: sum / denominator."""
     if rows.shape[0] == 0:
         return rows.sum() * 0.0
-    return F.cross_entropy(rows.float(), targets, reduction="mean")
+    if denominator is None:
+        return F.cross_entropy(rows.float(), targets, reduction="mean")
+    return F.cross_entropy(rows.float(), targets, reduction="sum") / denominator.clamp(min=1)
+
+
+def term_counts(rows: torch.Tensor, targets: torch.Tensor, rows_comp: torch.Tensor | None,
+                targets_comp: torch.Tensor | None) -> torch.Tensor:
+    """(4,) float32 on rows' device: how many rows each term of `distill_loss_rows` averages over (CE, CE',
+    H, H': masked rows, complementary rows, argmax-correct rows of each). No host sync (counts stay tensors).
+
+    Data-parallel training sums these over the ranks and passes them (divided by the world size) as the
+    denominators: each rank's loss is then its share of the global batch's means, and DDP's gradient average is
+    the gradient of the one-process loss on the whole global batch."""
+    def correct(r: torch.Tensor | None, t: torch.Tensor | None) -> torch.Tensor:
+        return (r.argmax(-1) == t).sum() if r is not None and r.shape[0] else rows.new_zeros((), dtype=torch.long)
+
+    n_comp = rows_comp.shape[0] if rows_comp is not None else 0
+    sizes = [rows.new_full((), n, dtype=torch.long) for n in (rows.shape[0], n_comp)]  # filled on the device
+    return torch.stack([*sizes, correct(rows, targets), correct(rows_comp, targets_comp)]).float()
 
 
 @dataclass(frozen=True)
@@ -81,6 +103,7 @@ def distill_loss_rows(
     targets: torch.Tensor,
     targets_comp: torch.Tensor | None,
     cfg: DistillLossConfig,
+    denominators: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Total distillation loss and its terms from the logits of the masked positions only.
 
@@ -89,20 +112,22 @@ def distill_loss_rows(
     False). Every term only ever reads masked positions, so this equals `distill_loss` on full (B, L, V) logits
     while a model asked only for these rows (`lm.logits(ids, keep=mask)`) never builds the full vocabulary
     projection. Returns "loss", "ce", "ce_comp", "entropy", "entropy_comp" (scalars; 0 for terms that are off).
+    denominators: (4,) what CE, CE', H, H' divide their sums by (`term_counts`); None: each its own row count.
     """
     if cfg.complementary and (rows_comp is None or targets_comp is None):
         raise ValueError("cfg.complementary is True but no complementary logits were given")
     use_entropy = cfg.entropy_weight != 0.0
     temp = cfg.entropy_temperature
 
-    ce = cross_entropy_rows(rows, targets)
-    entropy = entropy_on_correct_rows(rows, targets, temp) if use_entropy else _zero(rows)
+    d_ce, d_ce_comp, d_h, d_h_comp = [None] * 4 if denominators is None else denominators.unbind(0)
+    ce = cross_entropy_rows(rows, targets, d_ce)
+    entropy = entropy_on_correct_rows(rows, targets, temp, d_h) if use_entropy else _zero(rows)
     ce_comp, entropy_comp = _zero(rows), _zero(rows)
     if cfg.complementary:
         assert rows_comp is not None and targets_comp is not None  # checked above; narrows the types
-        ce_comp = cross_entropy_rows(rows_comp, targets_comp)
+        ce_comp = cross_entropy_rows(rows_comp, targets_comp, d_ce_comp)
         if use_entropy and cfg.entropy_on_complementary:
-            entropy_comp = entropy_on_correct_rows(rows_comp, targets_comp, temp)
+            entropy_comp = entropy_on_correct_rows(rows_comp, targets_comp, temp, d_h_comp)
 
     total = cfg.scale * (ce + ce_comp + cfg.entropy_weight * (entropy + entropy_comp))
     return {"loss": total, "ce": ce, "ce_comp": ce_comp, "entropy": entropy, "entropy_comp": entropy_comp}

@@ -4,8 +4,9 @@ Thin glue over the pure core (objectives.distill_masking / distill_losses / sche
 randomness (mask ratio, windows, random masks) from a generator seeded by (seed, global step), so a run resumed
 from a checkpoint reproduces the uninterrupted run's losses exactly. Under DDP / FSDP every rank draws the same
 mask ratio and, for its rows of the global batch, the windows and masks one process would draw for them: the
-noisy inputs of a step do not depend on the number of devices (training/distill_data.py gives the rows). What
-still does: each rank's loss is a mean over its own masked tokens, and the gradients are averaged over ranks. Primary and complementary inputs
+noisy inputs of a step do not depend on the number of devices (training/distill_data.py gives the rows). Each
+rank divides its loss terms by the global batch's row counts (all-reduced) over the world size, so DDP's averaged
+gradient is the one-process gradient of the global batch: training does not depend on the device count either. Primary and complementary inputs
 go through the student in one forward of 2B rows, which projects onto the vocabulary only the masked positions
 the loss reads (the adapter's `keep`), never full (2B, L, V) logits.
 """
@@ -20,7 +21,7 @@ import lightning as L
 import torch
 
 from d3llm_pipeline.config.schema import DistillConfig
-from d3llm_pipeline.objectives.distill_losses import DistillLossConfig, distill_loss_rows
+from d3llm_pipeline.objectives.distill_losses import DistillLossConfig, distill_loss_rows, term_counts
 from d3llm_pipeline.objectives.distill_masking import (
     apply_masks,
     count_invalid_trajectories,
@@ -111,15 +112,29 @@ class DistillModule(L.LightningModule):
             rows, rows_comp = rows[:n_primary], rows[n_primary:]
         else:
             rows, rows_comp = self.student.logits(inputs, attention, keep=primary_full), None
-        terms = distill_loss_rows(rows, rows_comp, full_targets[primary_full], full_targets[complement_full],
-                                  self.loss_cfg)
+        targets_rows, targets_comp = full_targets[primary_full], full_targets[complement_full]
+        terms = distill_loss_rows(rows, rows_comp, targets_rows, targets_comp, self.loss_cfg,
+                                  self._global_denominators(rows, targets_rows, rows_comp, targets_comp))
         return terms, ratio, fallback
+
+    def _global_denominators(self, rows, targets, rows_comp, targets_comp) -> torch.Tensor | None:
+        """Under data parallelism: the global batch's row counts per term / world size (objectives.distill_losses
+        term_counts), so that DDP's average of the ranks' gradients is the one-process gradient of the global
+        batch. None on one device (each term its own mean, as always)."""
+        _, world = self.data_shard()
+        if world == 1:
+            return None
+        counts = term_counts(rows.detach(), targets, rows_comp.detach() if rows_comp is not None else None,
+                             targets_comp if rows_comp is not None else None)
+        return self.trainer.strategy.reduce(counts, reduce_op="sum") / world  # an all-reduce, no host sync
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         terms, ratio, fallback = self.compute_loss(batch)
-        self.log("train/loss", terms["loss"], prog_bar=True)
+        # several devices: each rank's terms are its share (x world) of the global means; their mean is the loss
+        sync = self.data_shard()[1] > 1
+        self.log("train/loss", terms["loss"], prog_bar=True, sync_dist=sync)
         for key in ("ce", "ce_comp", "entropy", "entropy_comp"):
-            self.log(f"train/{key}", terms[key])
+            self.log(f"train/{key}", terms[key], sync_dist=sync)
         self.log("train/mask_ratio_sampled", ratio)
         self.log("distill/fallback_frac", fallback)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])
