@@ -5,7 +5,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: help setup test test-all test-gpu lint teacher eval sweep demo demo-long ablation ablation-short ablation-long clean
+.PHONY: help setup test test-all test-gpu gpu-prep lint teacher eval sweep demo demo-long ablation ablation-short ablation-long clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-15s %s\n", $$1, $$2}'
@@ -21,6 +21,16 @@ test-all:  ## run every test, slow ones included
 
 test-gpu:  ## the CUDA checks (tests/test_gpu.py; they skip without a GPU): fixtures, batching, cache, host syncs
 	$(PY) -m pytest -m gpu -q
+
+gpu-prep:  ## for a lent GPU machine: .gpu/ = the wheels its image lacks + the official fixtures (benchmarks/gpu_session.sh)
+	rm -rf .gpu/fixtures && mkdir -p .gpu/whl .gpu/fixtures
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	    -d .gpu/whl -r benchmarks/gpu_wheels.txt
+	$(PY) -m pip wheel -q --no-deps -w .gpu/whl antlr4-python3-runtime==4.9.3   # an sdist only: built here
+	cp -r $$($(PY) -c "import sys; sys.path.insert(0, 'tests'); from conftest import OFFICIAL; print(OFFICIAL)") \
+	    .gpu/fixtures/
+	du -sh .gpu   # with the repo it must stay under the 64 MiB a device call carries
 
 lint:  ## ruff lint (pyflakes, pycodestyle, isort, pyupgrade, bugbear); make test runs it first, so CI does
 	$(PY) -m ruff check d3llm_pipeline tests benchmarks

@@ -1,4 +1,5 @@
-"""benchmarks/gpu_decode.py runs on CPU with --tiny (the 8B-shaped code path at CPU size) and reports every field."""
+"""benchmarks/gpu_decode.py and benchmarks/distill_memory.py run on CPU with --tiny (the 8B-shaped code paths at CPU
+size) and report every field."""
 
 from __future__ import annotations
 
@@ -31,3 +32,15 @@ def test_official_dir_without_the_decoder_is_one_line(tmp_path):
                            str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert proc.stderr.strip().count("\n") == 0 and "d3llm_llada_generate_util.py" in proc.stderr
+
+
+def test_distill_memory_tiny_run_trains_and_reports_the_estimate(tmp_path):
+    out = tmp_path / "memory.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "distill_memory.py"), "--tiny", "--preset",
+                           "dream", "--steps", "2", "--json", str(out)], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    row = json.loads(out.read_text())
+    assert row["device"] == "cpu" and len(row["step_s"]) == 2 and row["loss"] > 0 and row["peak_gib"] > 0
+    assert row["lora_parameters"] > 0 and row["estimate_gib"]["strategy"] == "cpu"
+    assert row["estimate_gib"]["checkpointing"] is True and row["measured_over_estimate"] > 0

@@ -48,13 +48,22 @@ def make_student(teacher_path: str | Path, lora: LoraConfig, dtype: str = "float
     # checked and loaded with errors that name the file (a corrupt teacher is one line, not a traceback)
     teacher, tokenizer = family.load_checked(teacher_path, "stage.teacher_path", TEACHER_CMD, dtype=dtype,
                                              device=device)
+    student = lora_student(teacher, family, lora, gradient_checkpointing, where=str(teacher_path))
+    student.teacher_path = str(teacher_path)  # what save_student exports the merged student like
+    return student, tokenizer
+
+
+def lora_student(teacher: HFDiffusionAdapter, family, lora: LoraConfig, gradient_checkpointing: bool = False,
+                 where: str = "the teacher") -> HFDiffusionAdapter:
+    """A loaded teacher adapter (its model becomes the frozen base) wrapped with `lora`'s PEFT adapter: the
+    student adapter (make_student's second half; benchmarks/distill_memory.py wraps random 8B-shaped models)."""
     targets = list(lora.target_modules)
     if targets == LoraConfig().target_modules:  # left at the schema default: the family's own preset names
         targets = list(family.lora_targets)
     names = {name.rsplit(".", 1)[-1] for name, _ in teacher.model.named_modules()}
     missing = sorted(set(targets) - names)
     if missing:
-        raise ConfigError(f"distill.lora.target_modules {missing} do not exist in {teacher_path}; "
+        raise ConfigError(f"distill.lora.target_modules {missing} do not exist in {where}; "
                           f"this model has e.g. {sorted(n for n in names if n)[:12]}")
     if gradient_checkpointing:
         teacher.model.activation_checkpointing_enable({"use_reentrant": False})  # (transformers' new name)
@@ -64,10 +73,8 @@ def make_student(teacher_path: str | Path, lora: LoraConfig, dtype: str = "float
         bias="none",
     )
     peft_model = get_peft_model(teacher.model, config)
-    student = HFDiffusionAdapter(peft_model, teacher.mask_token_id, teacher.eos_token_id, teacher.pad_token_id,
-                                 teacher.shift_logits, teacher.eot_token_id, teacher.decode_defaults)
-    student.teacher_path = str(teacher_path)  # what save_student exports the merged student like
-    return student, tokenizer
+    return HFDiffusionAdapter(peft_model, teacher.mask_token_id, teacher.eos_token_id, teacher.pad_token_id,
+                              teacher.shift_logits, teacher.eot_token_id, teacher.decode_defaults)
 
 
 class MergedState(Mapping):
