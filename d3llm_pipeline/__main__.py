@@ -28,7 +28,8 @@ from d3llm_pipeline.config.preflight import check_command_line, is_plain  # noqa
 from d3llm_pipeline.config.schema import PipelineError  # noqa: E402
 from d3llm_pipeline.stages import full_error_requested, run_stage  # noqa: E402
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# conf/ at the repo's top level, reached through the package's `conf` link (a wheel holds a copy in its place)
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
 def preflight(argv: list[str]) -> None:

@@ -17,7 +17,7 @@ from omegaconf.errors import InterpolationResolutionError
 from d3llm_pipeline.config.schema import ConfigError
 from d3llm_pipeline.decoding import DecodeSpec
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = Path(__file__).resolve().parents[1] / "conf"  # the package's conf (a link to the top-level conf/)
 SPEC_FIELDS = {f.name: f for f in dataclasses.fields(DecodeSpec)}
 MODEL_KEYS = ("path", "family", "dtype", "attn_implementation", "backend")
 
