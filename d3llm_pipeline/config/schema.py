@@ -190,6 +190,8 @@ class ModelConfig:
     backend: str = "native"  # native: stock transformers modules, no remote code | remote: trust_remote_code=True
     arch: TinyArchConfig = field(default_factory=TinyArchConfig)
     decode_defaults: ModelDecodeDefaults = field(default_factory=ModelDecodeDefaults)  # method.md §6 per preset
+    # task.name -> decode_defaults keys for that benchmark (+ `cache:` for the kv-cache run); conf/decode_table/
+    decode_table: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check(self.family in MODEL_FAMILIES,
@@ -199,6 +201,12 @@ class ModelConfig:
         check(self.attn_implementation in ("sdpa", "eager"),
                f"model.attn_implementation must be sdpa or eager, got {self.attn_implementation!r}")
         check(self.backend in ("native", "remote"), f"model.backend must be native or remote, got {self.backend!r}")
+        knobs = {f.name for f in fields(ModelDecodeDefaults)}
+        for task, row in self.decode_table.items():
+            row = row if isinstance(row, dict) else {}
+            bad = sorted(set(row) - knobs - {"cache"}) + sorted(set(row.get("cache") or {}) - knobs)
+            check(not bad, f"model.decode_table.{task} has unknown key(s) {bad}; valid: {', '.join(sorted(knobs))} "
+                  "and cache (the same keys, for the decode.kv_cache=true run)")
 
 
 @dataclass
