@@ -88,6 +88,10 @@ def model_fingerprint(path: str | Path) -> str:
     return fingerprint({"weights": weights})
 
 
+# decode.* keys added after evals were first reused, with the value every earlier eval had
+ADDED_DECODE_KEYS = {"compile": False, "temperature": 0.0, "seed": 0}
+
+
 def eval_request(cfg: Any, model_fp: str | None = None) -> str:
     """What an eval's result depends on: the model's fingerprint (`model_fp` when already known), the seed and the
     decode / task / stage sections (a composed stage=eval config). Two evals with the same request give the same
@@ -95,8 +99,9 @@ def eval_request(cfg: Any, model_fp: str | None = None) -> str:
     from omegaconf import OmegaConf
 
     sections = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("decode", "task", "stage")}
-    if not sections["decode"].get("compile", False):  # added later; off, it is the request it always was
-        sections["decode"].pop("compile", None)
+    for key, default in ADDED_DECODE_KEYS.items():  # added later: at their defaults, the request it always was
+        if sections["decode"].get(key, default) == default:
+            sections["decode"].pop(key, None)
     return fingerprint({"model": model_fp or model_fingerprint(str(cfg.model.path)), "seed": cfg.seed, **sections})
 
 

@@ -36,7 +36,8 @@ def evaluate_problems(
     bar = tqdm(total=len(problems), desc="decode", unit="prob", disable=not progress, dynamic_ncols=True)
     for lo in range(0, len(problems), batch_size):
         batch = prompts[lo : lo + batch_size].to(device)
-        result = decode(lm, batch, spec)
+        # keys = problem indices: with decode.temperature > 0 each problem's noise does not depend on its batch
+        result = decode(lm, batch, spec, sample_keys=torch.arange(lo, lo + len(batch)))
         gen = result.sequences[:, prompt_length:].cpu()
         nfe_b, tokens_b = result.nfe.cpu(), result.tokens.cpu()  # one device->host copy per batch
         nfe_all.append(nfe_b)

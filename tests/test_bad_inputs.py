@@ -78,6 +78,8 @@ CASES = [
     ("benchmark_split", ["stage=eval", "task=gsm8k_cot", "stage.split=validation"],
      "stage.split=validation applies to the embedded task"),
     ("trajectory_shard", ["stage=trajectory", "stage.num_shards=2", "stage.shard=2"], "stage.shard must be in"),
+    ("trajectory_temperature", ["stage=trajectory", "decode.temperature=0.5"], "decodes at stage.temperatures"),
+    ("decode_temperature", ["decode.temperature=-1"], "decode.temperature must be >= 0"),
     ("import_no_source", ["stage=trajectory_import"], "stage.source must name"),
     ("distill_lora_r", ["stage=distill", "distill.lora.r=0"], "distill.lora.r must be >= 1"),
     ("distill_window", ["stage=distill", "distill.curriculum.window_sizes=[8,100]"], "distill.curriculum.window_sizes"),

@@ -232,3 +232,29 @@ def test_cli_runs_arith(teacher_dir, tmp_path):
     assert '"tpf"' in proc.stderr  # our summary line (NFE, tokens, TPF) is logged
     rows = [json.loads(line) for line in stats.read_text().splitlines()]
     assert len(rows) == 8 and all(r["nfe"] >= 1 and r["task"] == "arith" for r in rows)
+
+
+def test_sampled_outputs_do_not_depend_on_batching(teacher_dir):
+    """decode.temperature > 0: each prompt's noise is keyed by its problem index (evaluate_problems) or its text
+    (the lm-eval model), so outputs are the same at any batch size or order, and they are not the greedy ones."""
+    from dataclasses import replace
+
+    from d3llm_pipeline.evaluation import evaluate_problems
+    from d3llm_pipeline.models.families import load_model
+
+    lm, tok = load_model(teacher_dir, "tiny")
+    problems = arith_problems(arith_n=N_PROBLEMS)
+    greedy = D3LLMEvalModel(pretrained=str(teacher_dir), decode="threshold", batch_size=BATCH).spec_for(64)
+    spec = replace(greedy, temperature=1.5, seed=3)
+    outputs = [[r["output"] for r in evaluate_problems(lm, tok, problems, spec, 24, batch, progress=False)[0]]
+               for batch in (4, 7)]
+    assert outputs[0] == outputs[1]
+    plain = [r["output"] for r in evaluate_problems(lm, tok, problems, greedy, 24, 8, progress=False)[0]]
+    assert plain != outputs[0]
+    texts = []
+    for batch in (3, 8):
+        model = D3LLMEvalModel(pretrained=str(teacher_dir), decode="threshold", batch_size=batch, temperature=1.5,
+                               seed=3)
+        lm_eval.simple_evaluate(model=model, tasks=["arith"], task_manager=task_manager(arith_n=N_PROBLEMS))
+        texts.append([s["output"] for s in sorted(model.stats, key=lambda s: s["doc_id"])])
+    assert texts[0] == texts[1] and texts[0] != plain

@@ -118,3 +118,24 @@ def test_distill_dry_run_reads_a_local_teacher_config(tmp_path):
     with pytest.raises(ConfigError, match="model.name=tiny-teacher is not a preset"):
         call_stage(compose_at(tmp_path, "stage=distill", f"model.path={tmp_path / 'none'}", "stage.dry_run=true",
                               f"+output_dir={tmp_path / 'job2'}"))
+
+
+@pytest.mark.parametrize("preset", ["llada_8b_instruct", "dream_7b_instruct"])
+def test_random_models_have_real_rope_tables(preset):
+    """random_model (the benchmarks' 8B-shaped models) builds its module with to_empty, which leaves buffers as
+    uninitialised memory: the RoPE tables must be recomputed (garbage there made logits NaN on CI's machine)."""
+    import torch
+
+    from d3llm_pipeline.models.families.shapes import random_model
+
+    small = {"layers": 2, "hidden": 64, "vocab": 512}
+    lm = random_model(preset, dtype="float32", **small)
+    rotary = {n: b for n, b in lm.model.named_buffers() if "rotary" in n}
+    assert rotary, "no RoPE buffers found"
+    for name, table in rotary.items():
+        owner, _, buffer = name.rpartition(".")
+        computed = type(lm.model.get_submodule(owner))(config=lm.model.config)  # its tables, from the config
+        torch.testing.assert_close(table, dict(computed.named_buffers())[buffer])
+    ids = torch.randint(0, 500, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.isfinite(lm.logits(ids)).all()

@@ -13,11 +13,11 @@ from conftest import compose_at
 from d3llm_pipeline.config.schema import DecodeConfig, ModelConfig, load_section
 
 LLADA = {"threshold": 0.5, "block_add_threshold": 0.1, "decoded_token_threshold": 0.95, "early_stop": True,
-         "cache_delay_iter": 2, "refresh_interval": 3}
+         "cache_delay_iter": 2, "refresh_interval": 3, "temperature": 0.0}
 DREAM = {"threshold": 0.4, "block_add_threshold": 0.1, "decoded_token_threshold": 0.95, "early_stop": False,
-         "cache_delay_iter": 1, "refresh_interval": None}
+         "cache_delay_iter": 1, "refresh_interval": None, "temperature": 0.0}
 EMBEDDED = {"threshold": 0.5, "block_add_threshold": 0.1, "decoded_token_threshold": 0.95, "early_stop": True,
-            "cache_delay_iter": 2, "refresh_interval": None}
+            "cache_delay_iter": 2, "refresh_interval": None, "temperature": 0.0}
 
 
 def decode_of(tmp_path, *overrides: str) -> DecodeConfig:
@@ -65,9 +65,11 @@ TABLE = [
     ("dparallel_llada", "mbpp", {"threshold": 0.4, "cache_delay_iter": 1, "refresh_interval": None}, None),
     ("llada_8b_instruct", "long_gsm8k", {"threshold": 0.4, "refresh_interval": None}, None),
     ("dream_7b_instruct", "math", {"cache_delay_iter": 2}, {"early_stop": True}),
-    ("d3llm_dream", "humaneval", {"threshold": 0.5, "early_stop": True, "cache_delay_iter": 2}, None),
+    ("d3llm_dream", "humaneval", {"threshold": 0.5, "early_stop": True, "cache_delay_iter": 2, "temperature": 0.1},
+     None),
     ("dream_7b_instruct", "mbpp", {"cache_delay_iter": 2}, {"threshold": 0.45, "early_stop": True}),
-    ("dream_7b_instruct", "long_gsm8k", {}, {"threshold": 0.45, "early_stop": True}),
+    ("dream_7b_instruct", "long_gsm8k", {"temperature": 0.1}, {"threshold": 0.45, "early_stop": True,
+                                                               "temperature": 0.0}),
 ]
 
 

@@ -71,6 +71,8 @@ class DecodeConfig:
     cache_plan: str = "ours"  # ours | reference (the family's official cached decoder's forward plan)
     entropy_dtype: str = "float32"  # float32 | float64 (scores as the official code computes them)
     compile: bool = False  # torch.compile the model forward for decoding (same tokens; first decode compiles)
+    temperature: float = 0.0  # 0: greedy; > 0: sampled with counter-based noise (same draws batched or not)
+    seed: int = 0  # the sampling noise's seed (temperature > 0 only)
 
     def __post_init__(self) -> None:
         check(self.rule in ("vanilla", "threshold", "d3llm"),
@@ -99,6 +101,8 @@ class DecodeConfig:
                f"decode.refresh_interval must be >= 1 or null (never), got {self.refresh_interval}")
         check(self.cache_plan in ("ours", "reference"),
                f"decode.cache_plan must be ours or reference, got {self.cache_plan!r}")
+        check(self.temperature >= 0, f"decode.temperature must be >= 0 (0: greedy), got {self.temperature}")
+        check(self.seed >= 0, f"decode.seed must be >= 0, got {self.seed}")
         check(self.entropy_dtype in ("float32", "float64"),
                f"decode.entropy_dtype must be float32 or float64, got {self.entropy_dtype!r}")
         if self.rule in ("threshold", "d3llm"):
@@ -178,6 +182,7 @@ class ModelDecodeDefaults:
     early_stop: bool | None = None
     cache_delay_iter: int | None = None  # d (used with decode.kv_cache=true)
     refresh_interval: int | None = None  # R (null: never refresh)
+    temperature: float | None = None  # sampling temperature of the official script (null / absent: greedy)
 
 
 @dataclass

@@ -225,6 +225,9 @@ def validate_config(cfg: DictConfig) -> None:
     load_section(cfg.stage, STAGE_SCHEMAS[stage_name], "stage")
     _check_trainer(_plain(cfg, "trainer"))
     _check_fsdp(_plain(cfg, "trainer"), stage_name)
+    check(stage_name != "trajectory" or loaded["decode"].temperature == 0,
+           f"decode.temperature={loaded['decode'].temperature}: stage=trajectory decodes at stage.temperatures "
+           "(d3LLM's retries at rising temperature, e.g. stage.temperatures=[0.0,0.1]); drop decode.temperature")
     _check_logger(_plain(cfg, "logger"))
     _check_paths(_plain(cfg, "paths"))
     _check_cross(loaded["task"], loaded["decode"], loaded["distill"])

@@ -23,6 +23,7 @@ import dataclasses
 import json
 import logging
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -235,8 +236,10 @@ class D3LLMEvalModel(LM):
         contexts = [r.args[0] for r in requests]
         prompt_ids, attn = self._encode(contexts)
         start = time.perf_counter()
+        # sampling noise keyed by each prompt's text (crc32): the same draws however lm-eval orders and batches it
+        keys = torch.tensor([zlib.crc32(c.encode("utf-8")) for c in contexts], dtype=torch.long)
         result = decode(self.lm, prompt_ids.to(self._device), spec,
-                        attn.to(self._device) if attn is not None else None)
+                        attn.to(self._device) if attn is not None else None, sample_keys=keys)
         gen = result.sequences[:, prompt_ids.shape[1]:].cpu().tolist()
         nfe = result.nfe.cpu().tolist()
         wall = time.perf_counter() - start

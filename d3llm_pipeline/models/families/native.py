@@ -92,10 +92,14 @@ def assign_weights(model: torch.nn.Module, plan: dict[str, tuple[str, checkpoint
                 del tensor
 
 
-def rebuild_buffers(model: torch.nn.Module, device: torch.device) -> None:
-    """Non-persistent buffers (RoPE inverse frequencies) were made on meta: compute them again on the device."""
+def rebuild_buffers(model: torch.nn.Module, device: torch.device, every: bool = False) -> None:
+    """Non-persistent buffers (RoPE inverse frequencies) were made on meta: compute them again on the device.
+
+    every=True rebuilds every module that owns buffers, meta or not: after `to_empty` they are no longer meta but
+    hold uninitialised memory (garbage, NaN on some machines)."""
     for name, module in list(model.named_modules()):
-        if any(b.is_meta for b in module.buffers(recurse=False)):
+        own = list(module.buffers(recurse=False))
+        if own and (every or any(b.is_meta for b in own)):
             if not hasattr(module, "config"):
                 raise RuntimeError(f"cannot rebuild the meta buffers of {name} ({type(module).__name__})")
             parent_name, _, attr = name.rpartition(".")

@@ -109,7 +109,7 @@ def random_model(preset: str, dtype: str = "bfloat16", device: Any = "cpu", seed
                 param.zero_()
             else:
                 param.normal_(0.0, 0.02, generator=gen)
-    rebuild_buffers(model, device)
+    rebuild_buffers(model, device, every=True)  # to_empty left the RoPE tables as uninitialised memory
     ids = family.special_ids(config)
     return HFDiffusionAdapter(model.eval(), ids.mask, ids.eos, ids.pad, family.shift_logits, eot_token_id=ids.eot,
                               decode_defaults=family.decode_defaults)
