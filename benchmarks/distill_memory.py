@@ -50,7 +50,8 @@ def random_batch(lm, batch: int, prompt: int, gen: int, vocab: int, generator: t
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="llada", choices=sorted(PRESETS))
-    parser.add_argument("--tiny", action="store_true", help="CPU smoke defaults (options given win): " + json.dumps(TINY))
+    parser.add_argument("--tiny", action="store_true",
+                        help="CPU smoke defaults (options given win): " + json.dumps(TINY))
     parser.add_argument("--layers", type=int)
     parser.add_argument("--hidden", type=int)
     parser.add_argument("--vocab", type=int)

@@ -17,12 +17,13 @@ Counts, per device (GiB = 2**30 bytes):
   copy and its gradient).
 
 `--batch` is the batch per device; with `--complementary` (the d3LLM recipes) each step forwards it twice (the
-primary and complementary masks in one batch). Strategies: cpu (fp32 compute, one process), gpu (one device),
-ddp (every device holds everything, its own batch), fsdp (weights, LoRA states sharded over the devices; the
-weights in float32 whatever `--dtype` says, as stage=distill loads them under FSDP (one dtype per flattened unit,
+primary and complementary masks in one batch). Strategies: cpu (fp32 compute, one process), gpu (one device), ddp
+(every device holds everything, its own batch), fsdp (weights, LoRA states sharded over the devices; the weights
+in float32 whatever `--dtype` says, as stage=distill loads them under FSDP (one dtype per flattened unit,
 training/strategies.py), gathered in the compute dtype: `--fsdp-wrap layer` (trainer=fsdp's default) gathers one
-decoder layer at a time plus the prefetched next, `none` (Lightning's default policy) the whole model). Not counted: CUDA context
-(~0.5-1 GiB), allocator fragmentation, NCCL buffers, temporaries inside a kernel. Estimates, not measurements.
+decoder layer at a time plus the prefetched next, `none` (Lightning's default policy) the whole model). Not
+counted: CUDA context (~0.5-1 GiB), allocator fragmentation, NCCL buffers, temporaries inside a kernel. Estimates,
+not measurements.
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ from a checkpoint reproduces the uninterrupted run's losses exactly. Under DDP /
 mask ratio and, for its rows of the global batch, the windows and masks one process would draw for them: the
 noisy inputs of a step do not depend on the number of devices (training/distill_data.py gives the rows). Each
 rank divides its loss terms by the global batch's row counts (all-reduced) over the world size, so DDP's averaged
-gradient is the one-process gradient of the global batch: training does not depend on the device count either. Primary and complementary inputs
-go through the student in one forward of 2B rows, which projects onto the vocabulary only the masked positions
-the loss reads (the adapter's `keep`), never full (2B, L, V) logits.
+gradient is the one-process gradient of the global batch: training does not depend on the device count either.
+Primary and complementary inputs go through the student in one forward of 2B rows, which projects onto the
+vocabulary only the masked positions the loss reads (the adapter's `keep`), never full (2B, L, V) logits.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 `trainer=fsdp` (conf/trainer/fsdp.yaml) sets `strategy: fsdp` and `fsdp_wrap: layer`. A config string can only
 select Lightning's registered FSDP defaults, which wrap nothing: the whole model is one unit, gathered whole for
-every forward (19.1 vs 6.8 GiB per GPU estimated for LLaDA-8B, models/memory.py). So the stage builds the strategy
-object itself, from the model it trains:
+every forward (22.8 vs 8.7 GiB per GPU estimated for LLaDA-8B on 8 GPUs, models/memory.py). So the stage builds
+the strategy object itself, from the model it trains:
 
     kwargs = trainer_kwargs(cfg, model=student)   # training/fit.py: strategy -> FSDPStrategy(auto_wrap_policy=...)
     gather = GatherTrainedState()                 # a callback: at the end of fit, the trained tensors on rank 0
