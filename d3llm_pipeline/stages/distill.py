@@ -128,7 +128,10 @@ def _distill(cfg: DictConfig, stage: DistillStageConfig, distill: DistillConfig,
     steps_per_epoch = data.prepare(_world_size(cfg))
     max_steps = stage.epochs * steps_per_epoch
     evaluator = None  # a prompt set (task.kind=prompts) has no graded split to validate on: evaluate afterwards
-    if isinstance(task, ArithTaskConfig):
+    if is_fsdp(strategy):  # decoding outside the FSDP root's forward would read sharded embeddings / head
+        log.info("distill: trainer.strategy=%s shards the weights, so there is no validation during training; "
+                 "evaluate the exported student with stage=eval model=student", strategy)
+    elif isinstance(task, ArithTaskConfig):
         val_problems = task_splits(task)["validation"][: stage.val_problems]
         evaluator = validation_evaluator(tokenizer, val_problems, val_decode, task.prompt_length)
     else:
