@@ -57,9 +57,7 @@ def lora_student(teacher: HFDiffusionAdapter, family, lora: LoraConfig, gradient
                  where: str = "the teacher") -> HFDiffusionAdapter:
     """A loaded teacher adapter (its model becomes the frozen base) wrapped with `lora`'s PEFT adapter: the
     student adapter (make_student's second half; benchmarks/distill_memory.py wraps random 8B-shaped models)."""
-    targets = list(lora.target_modules)
-    if targets == LoraConfig().target_modules:  # left at the schema default: the family's own preset names
-        targets = list(family.lora_targets)
+    targets = family.lora_targets_for(lora.target_modules)
     names = {name.rsplit(".", 1)[-1] for name, _ in teacher.model.named_modules()}
     missing = sorted(set(targets) - names)
     if missing:

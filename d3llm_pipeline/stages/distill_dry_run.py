@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from d3llm_pipeline.config.schema import DistillConfig, LoraConfig
+from d3llm_pipeline.config.schema import DistillConfig
 from d3llm_pipeline.config.stage_schemas import DistillStageConfig
 from d3llm_pipeline.models.memory import estimate, teacher_shape
 from d3llm_pipeline.runtime import atomic_write_json, output_dir_of
@@ -41,9 +41,7 @@ def dry_run(cfg: DictConfig, stage: DistillStageConfig, distill: DistillConfig, 
     from d3llm_pipeline.models.families import family_of, get_family
 
     family = family_of(stage.teacher_path) or get_family(str(cfg.model.family))
-    targets = tuple(distill.lora.target_modules)
-    if list(targets) == LoraConfig().target_modules:  # the schema default: the family's own names (as make_student)
-        targets = tuple(family.lora_targets)
+    targets = tuple(family.lora_targets_for(distill.lora.target_modules))  # what make_student adapts
     shape = teacher_shape(stage.teacher_path, str(cfg.model.name), distill.lora.r, targets)
     strategy = memory_strategy(cfg.trainer, world)
     inputs = {"strategy": strategy, "devices": world, "batch_per_device": max(1, stage.batch_size // world),

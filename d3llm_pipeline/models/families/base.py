@@ -83,6 +83,13 @@ class Family:
     positions: Callable[[dict], int | None] | None = None
     decode_defaults: DecodeDefaults = DecodeDefaults()  # handed to the adapter (lm.decode_defaults)
 
+    def lora_targets_for(self, configured: list[str] | tuple[str, ...]) -> list[str]:
+        """distill.lora.target_modules as configured, or this family's own names when it is the schema default
+        (the tiny teacher's GPT-2 names, which a LLaDA / Dream model does not have)."""
+        from d3llm_pipeline.config.schema import LoraConfig
+
+        return list(self.lora_targets) if list(configured) == LoraConfig().target_modules else list(configured)
+
     def detect(self, config: dict) -> bool:
         """Whether a checkpoint's config.json (as a dict) belongs to this family."""
         return isinstance(config, dict) and config.get("model_type") == self.model_type
