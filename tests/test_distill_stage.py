@@ -80,7 +80,7 @@ def test_curricula_are_logged_and_move(workspace, uninterrupted):
     assert window[0] == 8 and window[-1] == 16 and window == sorted(window)  # distill/tiny: [8,8,12,12,16,16]
 
 
-def crash_distillation(monkeypatch, workspace, name: str, at_step: int = 5) -> None:
+def crash_distillation(monkeypatch, workspace, name: str, at_step: int = 5, extra: tuple[str, ...] = ()) -> None:
     """Run distillation `name` until it crashes at step `at_step` (its last checkpoint stays), then un-break it."""
     original = DistillModule.training_step
 
@@ -91,7 +91,7 @@ def crash_distillation(monkeypatch, workspace, name: str, at_step: int = 5) -> N
 
     monkeypatch.setattr(DistillModule, "training_step", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        call_stage(compose_at(workspace, *distill_overrides(workspace, name)))
+        call_stage(compose_at(workspace, *distill_overrides(workspace, name, *extra)))
     monkeypatch.setattr(DistillModule, "training_step", original)
 
 

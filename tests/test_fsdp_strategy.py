@@ -1,7 +1,6 @@
-"""trainer=fsdp on CPU, as far as it goes without CUDA (Lightning's FSDP refuses a CPU accelerator, torch's FSDP1
-needs an accelerator): the layer wrap policy found in each family's model, the strategy object trainer_kwargs builds
+"""trainer=fsdp's pieces: the layer wrap policy found in each family's model, the strategy object trainer_kwargs builds
 from the preset, the float32 teacher FSDP needs, and the export path (the trained LoRA gathered at the end of fit
-and loaded into a fresh student). The sharded run itself is not tested here: no GPU.
+and loaded into a fresh student). Sharded runs on CPU processes: tests/test_fsdp_cpu.py.
 """
 
 from __future__ import annotations

@@ -126,10 +126,15 @@ def _check_fsdp(trainer: dict[str, Any], stage_name: str) -> None:
            f"{trainer.get('fsdp_wrap')!r}")
     if not (isinstance(strategy, str) and strategy.startswith("fsdp")):
         return
-    check(trainer.get("accelerator", "auto") in ("gpu", "cuda", "auto"),
-           f"trainer.strategy={strategy} needs GPUs (Lightning's FSDP does not run on trainer.accelerator="
-           f"{trainer.get('accelerator')}); on CPU the multi-process path is trainer=ddp trainer.accelerator=cpu "
-           "trainer.devices=2 trainer.precision=32-true")
+    check(trainer.get("accelerator", "auto") != "cpu" or strategy == "fsdp",
+           f"trainer.strategy={strategy} keeps the shards in host RAM between GPU steps; on CPU processes "
+           "(trainer.accelerator=cpu) use trainer.strategy=fsdp")
+    devices = trainer.get("devices", "auto")
+    one = devices == 1 or (isinstance(devices, list) and len(devices) == 1)
+    check(not (one and trainer.get("num_nodes", 1) == 1),
+           f"trainer.strategy={strategy} with trainer.devices={devices}: one process has nothing to shard (and torch's "
+           "FSDP then runs unsharded, which breaks on tied embeddings); use trainer=gpu for one device (it resumes "
+           "an FSDP run's checkpoint), or trainer.devices=2 or more")
     check(stage_name != "teacher", f"trainer.strategy={strategy} is for stage=distill (a sharded 8B teacher); "
            "stage=teacher trains the embedded tiny teacher: use trainer=gpu or trainer=ddp")
 

@@ -31,6 +31,7 @@ from d3llm_pipeline.objectives.distill_masking import (
     trajectory_masks,
 )
 from d3llm_pipeline.objectives.schedules import lr_multiplier, sample_mask_ratio
+from d3llm_pipeline.training.strategies import is_fsdp
 
 
 class DistillModule(L.LightningModule):
@@ -150,12 +151,40 @@ class DistillModule(L.LightningModule):
         self.log("val/accuracy", summary["accuracy"], prog_bar=True)
         self.log("val/tpf", summary["tpf"], prog_bar=True)
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        trainable = [i for i, p in enumerate(self.student.parameters()) if p.requires_grad]
+        total = sum(1 for _ in self.student.parameters())
+        for state in checkpoint.get("optimizer_states", []):
+            renumber_trainable_only(state, trainable, total)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        if gradient_clip_val and is_fsdp(self.trainer.strategy):
+            # Lightning's FSDP precision refuses norm clipping; the FSDP root clips by the norm of the full gradient
+            # over every rank's shards (a collective), the norm one unsharded process clips by
+            self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self):
-        params = [p for p in self.student.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        # Every student parameter, the frozen ones too (they never get a gradient, so AdamW keeps no state for them
+        # and never decays them): the optimizer's parameter ids are then positions in the module's parameters(),
+        # the ids Lightning's FSDP checkpoints use, so a run resumes across plain / DDP and FSDP.
+        optimizer = torch.optim.AdamW(self.student.parameters(), lr=self.hparams.lr,
+                                      weight_decay=self.hparams.weight_decay)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
             lambda step: lr_multiplier(step, self.hparams.warmup_steps, self.hparams.max_steps,
                                        self.hparams.min_lr_ratio),
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def renumber_trainable_only(optimizer_state: dict[str, Any], trainable: list[int], total: int) -> None:
+    """Upgrade, in place, an optimizer state written when the optimizer held only the trainable (LoRA) parameters,
+    numbered 0..n-1 in that order, to today's numbering over all `total` student parameters (`trainable`: the
+    positions of the trainable ones). A state already numbered over all parameters is left alone."""
+    (group,) = optimizer_state["param_groups"]  # configure_optimizers makes one group
+    if len(group["params"]) == total or len(group["params"]) != len(trainable):
+        return
+    optimizer_state["state"] = {trainable[i]: value for i, value in optimizer_state["state"].items()}
+    group["params"] = list(range(total))

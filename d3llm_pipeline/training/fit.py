@@ -35,7 +35,7 @@ def trainer_kwargs(cfg: DictConfig, model: torch.nn.Module | None = None) -> dic
                           "(stage.max_steps, stage.epochs, stage.val_every)")
     wrap = kwargs.pop(WRAP_KEY, "none")
     if is_fsdp(kwargs.get("strategy")) and model is not None:
-        kwargs["strategy"] = fsdp_strategy(model, kwargs["strategy"], wrap)
+        kwargs["strategy"] = fsdp_strategy(model, kwargs["strategy"], wrap, str(kwargs.get("accelerator", "auto")))
     return kwargs
 
 

@@ -20,8 +20,13 @@ Why the other pieces:
   The gathering is a collective, done in `on_train_end` while the strategy is still set up (before Lightning's
   teardown), on every rank.
 
-Not run on GPUs yet (Lightning's FSDP needs CUDA, torch's FSDP1 an accelerator): CPU tests check the wrap policy,
-the strategy object and the state round trip; tests/test_gpu.py has none of this.
+* Lightning's FSDP precision refuses norm clipping (stage.grad_clip): DistillModule clips through the FSDP root,
+  by the norm of the full gradient over every rank's shards.
+
+On CPU (trainer.accelerator=cpu) the same strategy runs over gloo processes (training/cpu_fsdp.py): tests train 2
+sharded processes against 1 unsharded one and resume across plain and FSDP checkpoints (tests/test_fsdp_cpu.py).
+Not run on GPUs yet. FSDP over one device is refused (config/validate.py): nothing to shard, and torch's FSDP1 then
+runs unsharded, which breaks on tied embeddings.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import FSDPStrategy
 
 from d3llm_pipeline.config.schema import ConfigError
 from d3llm_pipeline.config.validate import FSDP_WRAPS
@@ -45,7 +51,7 @@ def is_fsdp(strategy: Any) -> bool:
     """True for Lightning's FSDP strategy names ("fsdp", "fsdp_cpu_offload", ...) and FSDPStrategy objects."""
     if isinstance(strategy, str):
         return strategy.startswith("fsdp")
-    return type(strategy).__name__ == "FSDPStrategy"
+    return isinstance(strategy, FSDPStrategy)
 
 
 def decoder_layer_classes(model: torch.nn.Module) -> set[type[torch.nn.Module]]:
@@ -62,22 +68,31 @@ def decoder_layer_classes(model: torch.nn.Module) -> set[type[torch.nn.Module]]:
     return classes
 
 
-def fsdp_strategy(model: torch.nn.Module, name: str, wrap: str):
-    """The FSDP strategy for `model`: `name` as given (Lightning's defaults) for wrap=none, else an FSDPStrategy
-    with one unit per decoder layer (Lightning keeps use_orig_params=True, which frozen + LoRA units need)."""
+def fsdp_strategy(model: torch.nn.Module, name: str, wrap: str, accelerator: str = "gpu"):
+    """The FSDP strategy for `model`: `name` as given (Lightning's defaults) for wrap=none on GPUs, else an
+    FSDPStrategy with one unit per decoder layer (Lightning keeps use_orig_params=True, which frozen + LoRA units
+    need). accelerator=cpu: the same strategy on CPU processes over gloo (CpuFSDPStrategy), to run and test the
+    sharded path without GPUs."""
     if wrap not in FSDP_WRAPS:
         raise ConfigError(f"trainer.fsdp_wrap must be one of {', '.join(FSDP_WRAPS)}, got {wrap!r}")
-    if wrap == "none":
+    on_cpu = accelerator == "cpu"
+    if wrap == "none" and not on_cpu:
         return name
-    from lightning.pytorch.strategies import FSDPStrategy
+    if name not in ("fsdp", "fsdp_cpu_offload") or (on_cpu and name != "fsdp"):
+        raise ConfigError(f"trainer.strategy={name} with trainer.fsdp_wrap={wrap} and trainer.accelerator="
+                          f"{accelerator}: the strategy built here is Lightning's FSDPStrategy, whose names are fsdp "
+                          "and fsdp_cpu_offload (GPUs only); set trainer.strategy=fsdp, or trainer.fsdp_wrap=none on "
+                          "GPUs to pass the name through unchanged")
+    policy = None
+    if wrap == "layer":
+        policy = decoder_layer_classes(model)
+        log.info("FSDP: one unit per %s", ", ".join(sorted(c.__name__ for c in policy)))
+    if on_cpu:
+        from d3llm_pipeline.training.cpu_fsdp import CpuFSDPStrategy
 
-    if name not in ("fsdp", "fsdp_cpu_offload"):
-        raise ConfigError(f"trainer.fsdp_wrap=layer builds Lightning's FSDPStrategy, but trainer.strategy={name} "
-                          "is not one of its names (fsdp, fsdp_cpu_offload); set trainer.fsdp_wrap=none to pass "
-                          "it through unchanged")
-    classes = decoder_layer_classes(model)
-    log.info("FSDP: one unit per %s", ", ".join(sorted(c.__name__ for c in classes)))
-    return FSDPStrategy(auto_wrap_policy=classes, cpu_offload=name == "fsdp_cpu_offload")
+        log.info("FSDP on CPU processes (gloo): the sharded path for testing and understanding, not for speed")
+        return CpuFSDPStrategy(auto_wrap_policy=policy)
+    return FSDPStrategy(auto_wrap_policy=policy, cpu_offload=name == "fsdp_cpu_offload")
 
 
 def fsdp_teacher_dtype(dtype: str, strategy: Any) -> str:

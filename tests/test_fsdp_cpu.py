@@ -1,0 +1,113 @@
+"""trainer=fsdp on CPU processes over gloo (training/cpu_fsdp.py): the sharded distillation path run for real
+without GPUs. Two FSDP processes, each holding half of every decoder-layer unit and of the AdamW state, train the
+student one unsharded process trains; the export carries the LoRA gathered over the ranks; a run resumes across
+plain and FSDP checkpoints, on another number of processes.
+
+    pytest tests/test_fsdp_cpu.py            # ~25 s on 2 idle cores (one 2-process run)
+    pytest tests/test_fsdp_cpu.py -m slow    # the FSDP crash -> one-process resume (~25 s more)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import compose_at, run_cli
+from test_distill_stage import crash_distillation, distill_overrides, losses_by_step
+
+from d3llm_pipeline.objectives.schedules import lr_multiplier
+from d3llm_pipeline.stages import call_stage
+from d3llm_pipeline.training.distill_module import DistillModule, renumber_trainable_only
+
+# FSDP over 2 CPU processes; a small gradient clip so that clipping over the shards is exercised every step
+CPU_FSDP = ("trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true")
+CLIP = "stage.grad_clip=0.05"
+
+
+@pytest.fixture(scope="module")
+def workspace(distill_workspace):
+    return distill_workspace
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(workspace):
+    """One plain process, never stopped: the reference every other run here must reproduce."""
+    call_stage(compose_at(workspace, *distill_overrides(workspace, "fsdp_ref", CLIP)))
+    return workspace / "fsdp_ref"
+
+
+def rerun(overrides: list[str]) -> list[str]:
+    """The same run's overrides with a fresh Hydra run dir (its logs apart from the crashed attempt's)."""
+    return [o + "_again" if o.startswith("+output_dir=") else o for o in overrides]
+
+
+def assert_same_lora(got: Path, want: Path) -> None:
+    from safetensors.torch import load_file
+
+    a, b = (load_file(str(d / "adapter" / "adapter_model.safetensors")) for d in (want, got))
+    assert a.keys() == b.keys() and any(v.abs().sum() > 0 for k, v in a.items() if "lora_B" in k)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)
+
+
+def test_a_run_crashed_on_one_process_finishes_on_two_fsdp_processes(workspace, uninterrupted, monkeypatch):
+    crash_distillation(monkeypatch, workspace, "to_fsdp", extra=(CLIP,))
+    proc = run_cli(workspace, *rerun(distill_overrides(workspace, "to_fsdp", CLIP, *CPU_FSDP, "logger=csv")))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((workspace / "to_fsdp" / "merged" / "training_summary.json").read_text())
+    assert summary["resumed"] is True and summary["steps"] == 2 * (48 // 8)
+    assert min(losses_by_step(workspace / "run_to_fsdp_again")) == 4  # went on from the step-4 checkpoint
+    # sharded steps 4..11 (AdamW state restored into the shards) trained what the plain process trained
+    assert_same_lora(workspace / "to_fsdp", uninterrupted)
+    # the student was exported from the LoRA gathered over both ranks, not rank 0's shards
+    assert json.loads((workspace / "to_fsdp" / "merged" / "artifact.json").read_text())["identity"][
+        "trainer.devices"] == 2
+
+
+@pytest.mark.slow  # a crashed 2-process run and a one-process resume: ~25 s on 2 idle cores
+def test_an_fsdp_run_crashed_on_two_processes_finishes_on_one(workspace, uninterrupted):
+    overrides = distill_overrides(workspace, "from_fsdp", CLIP)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "D3LLM_TEST_CRASH_AT": "5"}
+    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("crashing_cli.py")), *overrides, *CPU_FSDP,
+                           "logger=none"], capture_output=True, text=True, env=env, timeout=600, cwd=workspace)
+    assert proc.returncode != 0 and "simulated crash" in proc.stderr
+    assert (workspace / "from_fsdp.lightning" / "last.ckpt").is_file()  # written by FSDP: the gathered state
+    summary = call_stage(compose_at(workspace, *rerun(overrides)))
+    assert summary["resumed"] is True
+    assert min(losses_by_step(workspace / "run_from_fsdp_again")) == 4
+    assert_same_lora(workspace / "from_fsdp", uninterrupted)
+
+
+def lora_only_optimizer(self):
+    """configure_optimizers as it was before every student parameter went in: AdamW over the LoRA ones only."""
+    params = [p for p in self.student.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+    h = self.hparams
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_multiplier(step, h.warmup_steps, h.max_steps, h.min_lr_ratio))
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def test_a_checkpoint_of_a_lora_only_optimizer_resumes(workspace, uninterrupted, monkeypatch):
+    with monkeypatch.context() as patch:
+        patch.setattr(DistillModule, "configure_optimizers", lora_only_optimizer)
+        crash_distillation(monkeypatch, workspace, "legacy", extra=(CLIP,))
+    checkpoint = torch.load(workspace / "legacy.lightning" / "last.ckpt", weights_only=False)
+    assert len(checkpoint["optimizer_states"][0]["param_groups"][0]["params"]) == 8  # the 8 LoRA matrices
+    summary = call_stage(compose_at(workspace, *rerun(distill_overrides(workspace, "legacy", CLIP))))
+    assert summary["resumed"] is True
+    assert_same_lora(workspace / "legacy", uninterrupted)  # the AdamW moments went back to the right matrices
+
+
+def test_renumbering_maps_lora_only_ids_to_positions_among_all_parameters():
+    state = {"state": {0: "moments of A", 1: "moments of B"}, "param_groups": [{"params": [0, 1], "lr": 1.0}]}
+    renumber_trainable_only(state, trainable=[2, 5], total=6)
+    assert state == {"state": {2: "moments of A", 5: "moments of B"},
+                     "param_groups": [{"params": [0, 1, 2, 3, 4, 5], "lr": 1.0}]}
+    renumber_trainable_only(state, trainable=[2, 5], total=6)  # already numbered over all parameters: unchanged
+    assert state["state"] == {2: "moments of A", 5: "moments of B"}
