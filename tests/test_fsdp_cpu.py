@@ -111,3 +111,13 @@ def test_renumbering_maps_lora_only_ids_to_positions_among_all_parameters():
                      "param_groups": [{"params": [0, 1, 2, 3, 4, 5], "lr": 1.0}]}
     renumber_trainable_only(state, trainable=[2, 5], total=6)  # already numbered over all parameters: unchanged
     assert state["state"] == {2: "moments of A", 5: "moments of B"}
+
+
+@pytest.mark.slow  # one 2-process run: ~17 s on 2 idle cores
+def test_gradient_checkpointing_under_fsdp_trains_the_same_student(workspace, uninterrupted):
+    """Checkpointed decoder layers recompute their forward, nested LoRA units (all-gathers) included, in backward."""
+    overrides = distill_overrides(workspace, "fsdp_ckpt", CLIP, *CPU_FSDP, "stage.gradient_checkpointing=true",
+                                  "logger=none")
+    proc = run_cli(workspace, *overrides)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_lora(workspace / "fsdp_ckpt", uninterrupted)

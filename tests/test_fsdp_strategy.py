@@ -20,6 +20,7 @@ from d3llm_pipeline.training.strategies import (
     GatherTrainedState,
     decoder_layer_classes,
     fsdp_teacher_dtype,
+    layer_units,
     load_trained_weights,
 )
 
@@ -34,21 +35,38 @@ def family_student(model: str, tmp_path, tokenizer):
     return make_student(path, LoraConfig(r=4, alpha=8))[0], path
 
 
+def units_of(student: torch.nn.Module, policy) -> dict[torch.nn.Module, list[torch.nn.Parameter]]:
+    """Each FSDP unit the policy makes (the root included) -> the parameters it owns: its own, less those of the
+    units nested in it (what FSDP1 flattens into that unit's one flat parameter)."""
+    wrapped = [student, *(m for m in policy._run_policy(student, set(), {}) if m is not student)]
+    nested = {id(p) for unit in wrapped[1:] for p in unit.parameters()}
+    units = {student: [p for p in student.parameters() if id(p) not in nested]}
+    for unit in wrapped[1:]:
+        inner = {id(p) for other in wrapped[1:] if other is not unit and any(o is other for o in unit.modules())
+                 for p in other.parameters()}
+        units[unit] = [p for p in unit.parameters() if id(p) not in inner]
+    return units
+
+
 @pytest.mark.parametrize("model", ["tiny", "llada", "dream"])
-def test_the_wrap_policy_is_each_family_decoder_layer(tmp_path, tokenizer, model):
+def test_the_wrap_policy_is_each_family_decoder_layer_and_its_lora_matrices(tmp_path, tokenizer, model):
     student, _ = family_student(model, tmp_path, tokenizer)
     classes = decoder_layer_classes(student)  # through the adapter and PEFT's wrappers
     assert {c.__name__ for c in classes} == {LAYER_CLASS[model]}
-    layers = [m for m in student.modules() if type(m) in classes]
+    units = units_of(student, layer_units(student))
+    layers = [unit for unit in units if type(unit) in classes]
     assert len(layers) == student.model.get_base_model().config.num_hidden_layers
-    # every LoRA matrix sits inside a wrapped layer: each FSDP unit holds its layer's frozen + trainable weights
-    inside = {id(p) for layer in layers for p in layer.parameters()}
-    assert all(id(p) in inside for p in student.parameters() if p.requires_grad)
+    # no unit mixes frozen and trainable parameters: FSDP1 would give such a unit a gradient its whole size
+    assert all(len({p.requires_grad for p in owned}) == 1 for owned in units.values() if owned)
+    lora = [p for p in student.parameters() if p.requires_grad]
+    assert sum(len(owned) for owned in units.values() if owned and owned[0].requires_grad) == len(lora)
+    assert all(not p.requires_grad and p.numel() for layer in layers for p in units[layer])  # the frozen weights
+    assert all(len(units[unit]) == 1 for unit in units if unit is not student and type(unit) not in classes)
 
 
 def test_the_fsdp_preset_builds_a_layer_wrapped_strategy(tmp_path, tokenizer):
     from lightning.pytorch.strategies import FSDPStrategy
-    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+    from torch.distributed.fsdp.wrap import CustomPolicy
 
     student, _ = family_student("tiny", tmp_path, tokenizer)
     cfg = compose_at(tmp_path, "stage=distill", "trainer=fsdp")
@@ -57,7 +75,8 @@ def test_the_fsdp_preset_builds_a_layer_wrapped_strategy(tmp_path, tokenizer):
     strategy = kwargs["strategy"]
     assert type(strategy) is FSDPStrategy and strategy.kwargs["use_orig_params"] is True  # frozen + LoRA per unit
     policy = strategy.kwargs["auto_wrap_policy"]
-    assert isinstance(policy, ModuleWrapPolicy) and {c.__name__ for c in policy._module_classes} == {"GPT2Block"}
+    layers = sum(type(m).__name__ == "GPT2Block" for m in units_of(student, policy))
+    assert isinstance(policy, CustomPolicy) and layers == student.model.get_base_model().config.num_hidden_layers
     assert trainer_kwargs(compose_at(tmp_path, "stage=distill", "trainer=fsdp", "trainer.fsdp_wrap=none"),
                           model=student)["strategy"] == "fsdp"  # Lightning's registered defaults, as typed
     assert trainer_kwargs(compose_at(tmp_path, "stage=distill", "trainer=ddp"), model=student)["strategy"] == "ddp_spawn"

@@ -21,7 +21,8 @@ primary and complementary masks in one batch). Strategies: cpu (fp32 compute, on
 (every device holds everything, its own batch), fsdp (weights, LoRA states sharded over the devices; the weights
 in float32 whatever `--dtype` says, as stage=distill loads them under FSDP (one dtype per flattened unit,
 training/strategies.py), gathered in the compute dtype: `--fsdp-wrap layer` (trainer=fsdp's default) gathers one
-decoder layer at a time plus the prefetched next, `none` (Lightning's default policy) the whole model). Not
+decoder layer at a time plus the prefetched next, its LoRA matrices in units of their own so that the frozen
+units get no gradient; `none` (Lightning's default policy) the whole model, with a whole-model gradient). Not
 counted: CUDA context (~0.5-1 GiB), allocator fragmentation, NCCL buffers, temporaries inside a kernel. Estimates,
 not measurements.
 """
@@ -142,6 +143,8 @@ def estimate(s: Shape, lora_r: int, strategy: str, devices: int = 1, batch: int 
     gathered = 0.0
     if strategy == "fsdp":  # unsharded copies in the compute dtype, next to the fp32 shards
         gathered = (s.params if fsdp_wrap == "none" else 2 * s.layer_params) * compute_bytes  # layer + prefetch
+        if fsdp_wrap == "none":  # one unit mixing frozen and LoRA weights: FSDP1 gives it a whole-model gradient,
+            gathered += s.params * (compute_bytes + 4 / shard)  # unsharded in backward, then fp32 shards
     total = weights + lora_states + activations + logits + gathered
     return Estimate(strategy, devices, checkpointing, *(float(v) for v in
                                                         (weights, lora_states, activations, logits, gathered, total)))

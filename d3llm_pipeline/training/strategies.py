@@ -2,8 +2,9 @@
 
 `trainer=fsdp` (conf/trainer/fsdp.yaml) sets `strategy: fsdp` and `fsdp_wrap: layer`. A config string can only
 select Lightning's registered FSDP defaults, which wrap nothing: the whole model is one unit, gathered whole for
-every forward (22.8 vs 8.7 GiB per GPU estimated for LLaDA-8B on 8 GPUs, models/memory.py). So the stage builds
-the strategy object itself, from the model it trains:
+every forward, with a whole-model gradient (41.5 vs 8.7 GiB per GPU estimated for LLaDA-8B on 8 GPUs,
+models/memory.py). So the stage builds the strategy object itself, from the model it trains (`layer_units`: one
+unit per decoder layer and one per LoRA matrix):
 
     kwargs = trainer_kwargs(cfg, model=student)   # training/fit.py: strategy -> FSDPStrategy(auto_wrap_policy=...)
     gather = GatherTrainedState()                 # a callback: at the end of fit, the trained tensors on rank 0
@@ -14,7 +15,8 @@ Why the other pieces:
 * FSDP (torch's FSDP1, which Lightning's FSDPStrategy uses) flattens each unit's parameters into one tensor, which
   must have one dtype: the LoRA matrices are float32, so under FSDP the frozen teacher is loaded in float32 too
   (`fsdp_teacher_dtype`). Its shards cost 4 bytes / parameter / device count; bf16-mixed still gathers and
-  computes in bf16 (Lightning's FSDP mixed precision).
+  computes in bf16 (Lightning's FSDP mixed precision). (Required for fsdp_wrap=none, whose one unit mixes them;
+  under `layer_units` the frozen units could keep model.dtype, halving the shards: not yet tried under bf16-mixed.)
 * After a sharded fit each rank's module holds only its shard of every parameter (use_orig_params views), so the
   student is exported from the full state dict gathered over the ranks, loaded into a fresh unsharded student.
   The gathering is a collective, done in `on_train_end` while the strategy is still set up (before Lightning's
@@ -68,6 +70,28 @@ def decoder_layer_classes(model: torch.nn.Module) -> set[type[torch.nn.Module]]:
     return classes
 
 
+def owns_only_trainable(module: torch.nn.Module) -> bool:
+    """True for a module whose own parameters (not its children's) exist and all train: a LoRA matrix."""
+    own = list(module.parameters(recurse=False))
+    return bool(own) and all(param.requires_grad for param in own)
+
+
+def layer_units(model: torch.nn.Module):
+    """The FSDP wrap policy of trainer.fsdp_wrap=layer: one unit per decoder layer, holding its frozen weights, and
+    one per trainable matrix inside it (each LoRA A / B).
+
+    Why the LoRA units: FSDP1 gives a unit one flat parameter and, if any part of it trains, a gradient the size of
+    the whole unit, reduce-scattered every step. LoRA matrices inside their layer's unit would cost a full-model
+    gradient (float32 shards: 3.7 GiB per GPU for LLaDA-8B on 8) and a full-model reduce-scatter per step, as full
+    fine-tuning does. Apart, the layer units are frozen (no gradient at all) and only the adapters' gradients
+    travel. The price is more, smaller collectives (2 per LoRA matrix per step)."""
+    from torch.distributed.fsdp.wrap import CustomPolicy
+
+    classes = tuple(decoder_layer_classes(model))
+    log.info("FSDP: one unit per %s and per trainable matrix", ", ".join(sorted(c.__name__ for c in classes)))
+    return CustomPolicy(lambda module: isinstance(module, classes) or owns_only_trainable(module))
+
+
 def fsdp_strategy(model: torch.nn.Module, name: str, wrap: str, accelerator: str = "gpu"):
     """The FSDP strategy for `model`: `name` as given (Lightning's defaults) for wrap=none on GPUs, else an
     FSDPStrategy with one unit per decoder layer (Lightning keeps use_orig_params=True, which frozen + LoRA units
@@ -83,10 +107,7 @@ def fsdp_strategy(model: torch.nn.Module, name: str, wrap: str, accelerator: str
                           f"{accelerator}: the strategy built here is Lightning's FSDPStrategy, whose names are fsdp "
                           "and fsdp_cpu_offload (GPUs only); set trainer.strategy=fsdp, or trainer.fsdp_wrap=none on "
                           "GPUs to pass the name through unchanged")
-    policy = None
-    if wrap == "layer":
-        policy = decoder_layer_classes(model)
-        log.info("FSDP: one unit per %s", ", ".join(sorted(c.__name__ for c in policy)))
+    policy = layer_units(model) if wrap == "layer" else None
     if on_cpu:
         from d3llm_pipeline.training.cpu_fsdp import CpuFSDPStrategy
 
