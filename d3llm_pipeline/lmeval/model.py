@@ -33,7 +33,7 @@ from lm_eval.api.registry import register_model
 
 from d3llm_pipeline.config.schema import ConfigError, DecodeConfig
 from d3llm_pipeline.decoding import DecodeSpec, decode, tokens_per_forward
-from d3llm_pipeline.lmeval.presets import SPEC_FIELDS, decode_knobs, model_preset
+from d3llm_pipeline.lmeval.presets import SPEC_FIELDS, decode_knobs, model_preset, table_task
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,8 @@ class D3LLMEvalModel(LM):
     model_args: pretrained (a checkpoint dir; or a model preset .yaml), preset (a conf/model preset name or .yaml:
     path, family, dtype and decode_defaults come from it; model_args win), family (default: detected from
     config.json; `lm=` objects without it count as tiny), dtype, device, decode (a conf/decode preset: vanilla |
-    threshold | d3llm), any DecodeSpec knob by name (threshold, block_size, gen_length, kv_cache, ...),
+    threshold | d3llm; with a preset, each lm-eval task decodes with the preset's decode_table row for it, method.md
+    §6, as stage=eval does), any DecodeSpec knob by name (threshold, block_size, gen_length, kv_cache, ...),
     spec (from Python: a whole DecodeSpec, used for every request as is; the eval stage passes its decode
     section this way), batch_size, prompt_length (pad prompts on the right with PAD to this fixed length, the arith layout; default
     for family tiny: 24; unset for other families, or 0: prompts are left-padded per batch with an attention
@@ -110,8 +111,12 @@ class D3LLMEvalModel(LM):
         self.pretrained = str(pretrained) if pretrained is not None else type(lm).__name__
         self._device = next(lm.parameters()).device
         self.decode_name = str(decode)
-        # preset, then the user's knobs; validated by the same checks as the pipeline's decode section
-        self.knobs = {**decode_knobs(self.decode_name, settings), **{k: _coerce(k, v) for k, v in knobs.items()}}
+        self.settings = settings
+        # preset (the task's decode_table row, else the model's decode_defaults), then the user's knobs; validated
+        # by the same checks as the pipeline's decode section
+        self.user_knobs = {k: _coerce(k, v) for k, v in knobs.items()}
+        self.knobs = decode_knobs(self.decode_name, settings, overrides=self.user_knobs)
+        self.fixed_spec = spec is not None
         if spec is not None:  # a resolved spec (gen_length included) replaces the preset and the knobs
             self.knobs = dataclasses.asdict(spec)
         self.batch_size = int(str(batch_size).split(":")[0]) if str(batch_size) != "auto" else 16
@@ -119,6 +124,7 @@ class D3LLMEvalModel(LM):
             prompt_length = 24  # the embedded teacher learned absolute positions with prompts padded to 24
         # 0 = left-pad per batch with an attention mask (the real-model layout) even for the tiny family
         self.prompt_length = int(prompt_length) if prompt_length else None
+        self._task_knobs: dict[str, dict[str, Any]] = {}  # decode_table row -> its knobs, resolved once
         self.spec_for(1)  # fail now, not after the dataset is built, on a bad knob (one block when gen_length unset)
         self.stats_path = stats_path
         self.stats: list[dict[str, Any]] = []
@@ -160,9 +166,23 @@ class D3LLMEvalModel(LM):
 
     # --- the decode spec ------------------------------------------------------------------------------------
 
-    def spec_for(self, max_gen_toks: int) -> DecodeSpec:
-        """The DecodeSpec for a request: gen_length = the knob, else max_gen_toks rounded up to whole blocks."""
-        knobs = dict(self.knobs)
+    def knobs_for(self, lmeval_task: str | None) -> dict[str, Any]:
+        """The decode knobs of an lm-eval task: the model preset's decode_table row of the pipeline task that runs
+        it (method.md §6: HumanEval decodes one block at a time, MBPP at τ 0.4, ...), else its decode_defaults;
+        the user's knobs win. A spec passed from Python is used for every task as is."""
+        row = None if self.fixed_spec else table_task(lmeval_task)
+        if row is None or row not in (self.settings.get("decode_table") or {}):
+            return self.knobs
+        if row not in self._task_knobs:
+            self._task_knobs[row] = decode_knobs(self.decode_name, self.settings, task=row, overrides=self.user_knobs)
+            log.info("lm-eval task %s: decode=%s with the %s row of the model's decode table: %s", lmeval_task,
+                     self.decode_name, row, json.dumps(self._task_knobs[row]))
+        return self._task_knobs[row]
+
+    def spec_for(self, max_gen_toks: int, lmeval_task: str | None = None) -> DecodeSpec:
+        """The DecodeSpec for a request of `lmeval_task`: its knobs (knobs_for), gen_length = the knob, else
+        max_gen_toks rounded up to whole blocks."""
+        knobs = dict(self.knobs_for(lmeval_task))
         block = int(knobs.get("block_size", SPEC_FIELDS["block_size"].default))
         if knobs.get("gen_length") is None:
             knobs["gen_length"] = -(-int(max_gen_toks) // block) * block
@@ -212,12 +232,13 @@ class D3LLMEvalModel(LM):
         from tqdm.auto import tqdm
 
         outputs: list[str | None] = [None] * len(requests)
-        groups: dict[int, list[int]] = {}  # max_gen_toks -> request indices, in request order
+        groups: dict[tuple[str | None, int], list[int]] = {}  # (task, max_gen_toks) -> indices, in request order
         for i, req in enumerate(requests):
-            groups.setdefault(int(req.args[1].get("max_gen_toks", 256)), []).append(i)
+            key = (getattr(req, "task_name", None), int(req.args[1].get("max_gen_toks", 256)))
+            groups.setdefault(key, []).append(i)
         bar = tqdm(total=len(requests), desc="d3llm generate", disable=disable_tqdm or self.rank != 0)
-        for max_gen_toks, idx in groups.items():
-            spec = self.spec_for(max_gen_toks)
+        for (task, max_gen_toks), idx in groups.items():
+            spec = self.spec_for(max_gen_toks, task)
             for lo in range(0, len(idx), self.batch_size):
                 batch = idx[lo: lo + self.batch_size]
                 for i, text in zip(batch, self._decode_batch([requests[i] for i in batch], spec), strict=True):
