@@ -121,3 +121,36 @@ def test_gradient_checkpointing_under_fsdp_trains_the_same_student(workspace, un
     proc = run_cli(workspace, *overrides)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same_lora(workspace / "fsdp_ckpt", uninterrupted)
+
+
+@pytest.mark.slow  # one 2-process run and one plain run: ~22 s on 2 idle cores
+def test_a_bf16_teacher_stays_bf16_in_the_fsdp_shards(workspace, monkeypatch):
+    """fsdp_wrap=layer keeps model.dtype for the frozen units (the LoRA matrices, float32, have units of their own).
+    Under 32-true FSDP computes in float32 from the bf16 shards, so it trains what one plain process trains on the
+    same bf16-rounded teacher stored in float32 (whose LoRA A starts bf16-rounded too, as PEFT initialises it over
+    a bf16 base)."""
+    from d3llm_pipeline.models.tiny import load_tiny_teacher, save_tiny_teacher
+    from d3llm_pipeline.stages import distill
+
+    teacher, tok = load_tiny_teacher(workspace / "outputs" / "artifacts" / "teacher")
+    with torch.no_grad():
+        for param in teacher.model.parameters():
+            param.copy_(param.to(torch.bfloat16).float())
+    save_tiny_teacher(teacher, tok, workspace / "teacher_bf16_rounded")
+    make_student = distill.make_student
+
+    def bf16_rounded_lora(*args, **kwargs):
+        student, tokenizer = make_student(*args, **kwargs)
+        with torch.no_grad():
+            for param in (p for p in student.parameters() if p.requires_grad):
+                param.copy_(param.to(torch.bfloat16).float())
+        return student, tokenizer
+
+    monkeypatch.setattr(distill, "make_student", bf16_rounded_lora)
+    call_stage(compose_at(workspace, *distill_overrides(workspace, "rounded_ref", CLIP, "logger=none",
+                                                        f"stage.teacher_path={workspace / 'teacher_bf16_rounded'}")))
+    proc = run_cli(workspace, *distill_overrides(workspace, "fsdp_bf16", CLIP, *CPU_FSDP, "model.dtype=bfloat16",
+                                                 "logger=none"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "is loaded in float32" not in proc.stdout + proc.stderr
+    assert_same_lora(workspace / "fsdp_bf16", workspace / "rounded_ref")

@@ -84,10 +84,11 @@ def test_the_fsdp_preset_builds_a_layer_wrapped_strategy(tmp_path, tokenizer):
         decoder_layer_classes(torch.nn.Sequential(torch.nn.Linear(2, 2)))
 
 
-def test_fsdp_loads_the_teacher_in_float32():
-    assert fsdp_teacher_dtype("bfloat16", "fsdp") == "float32"
-    assert fsdp_teacher_dtype("bfloat16", "ddp_spawn") == "bfloat16"
-    assert fsdp_teacher_dtype("float32", "fsdp_cpu_offload") == "float32"
+def test_unwrapped_fsdp_loads_the_teacher_in_float32():
+    assert fsdp_teacher_dtype("bfloat16", "fsdp", "none") == "float32"  # one unit: frozen + fp32 LoRA
+    assert fsdp_teacher_dtype("bfloat16", "fsdp", "layer") == "bfloat16"  # the LoRA matrices in units of their own
+    assert fsdp_teacher_dtype("bfloat16", "ddp_spawn", "none") == "bfloat16"
+    assert fsdp_teacher_dtype("float32", "fsdp_cpu_offload", "none") == "float32"
 
 
 class OneBatch(torch.utils.data.IterableDataset):

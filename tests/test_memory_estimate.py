@@ -52,8 +52,10 @@ def test_strategies_share_what_they_should(tiny):
     layer = estimate(tiny, 4, "fsdp", devices=8, batch=2)  # trainer=fsdp's default: fsdp_wrap=layer
     assert gpu.devices == 1 and ddp == estimate(tiny, 4, "ddp", devices=8, batch=2)
     assert ddp.total == gpu.total and ddp.devices == 8  # DDP replicates everything
-    # FSDP stores float32 shards (one dtype per flattened unit with the fp32 LoRA), whatever the bf16 dtype says
+    # unwrapped FSDP stores float32 shards (its one flattened unit holds the fp32 LoRA too), whatever the bf16 dtype
+    # says; layer wrapping gives the LoRA units of their own, so the frozen shards keep the bf16 dtype
     assert fsdp.weights == tiny.params * 4 / 8 == 2 * ddp.weights / 8 and fsdp.lora_states == ddp.lora_states / 8
+    assert layer.weights == ddp.weights / 8 and layer.lora_states == fsdp.lora_states
     # no wrap policy: the whole model gathered in bf16, and its one unit mixes frozen and LoRA weights, so FSDP1 keeps
     # a whole-model gradient: unsharded in bf16 during backward, then a float32 shard
     assert fsdp.gathered == tiny.params * 2 + tiny.params * 2 + tiny.params * 4 / 8

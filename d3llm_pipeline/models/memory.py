@@ -18,11 +18,11 @@ Counts, per device (GiB = 2**30 bytes):
 
 `--batch` is the batch per device; with `--complementary` (the d3LLM recipes) each step forwards it twice (the
 primary and complementary masks in one batch). Strategies: cpu (fp32 compute, one process), gpu (one device), ddp
-(every device holds everything, its own batch), fsdp (weights, LoRA states sharded over the devices; the weights
-in float32 whatever `--dtype` says, as stage=distill loads them under FSDP (one dtype per flattened unit,
-training/strategies.py), gathered in the compute dtype: `--fsdp-wrap layer` (trainer=fsdp's default) gathers one
-decoder layer at a time plus the prefetched next, its LoRA matrices in units of their own so that the frozen
-units get no gradient; `none` (Lightning's default policy) the whole model, with a whole-model gradient). Not
+(every device holds everything, its own batch), fsdp (weights, LoRA states sharded over the devices, gathered in
+the compute dtype: `--fsdp-wrap layer` (trainer=fsdp's default) gathers one decoder layer at a time plus the
+prefetched next, its LoRA matrices in units of their own, so the frozen units keep `--dtype` and get no
+gradient; `none` (Lightning's default policy) the whole model, stored in float32 (one dtype per flattened unit,
+training/strategies.py) with a whole-model gradient). Not
 counted: CUDA context (~0.5-1 GiB), allocator fragmentation, NCCL buffers, temporaries inside a kernel. Estimates,
 not measurements.
 """
@@ -129,7 +129,8 @@ def estimate(s: Shape, lora_r: int, strategy: str, devices: int = 1, batch: int 
     devices = 1 if strategy in ("cpu", "gpu") else devices
     compute_bytes = 4 if strategy == "cpu" else 2  # trainer=cpu runs 32-true, the GPU presets bf16-mixed
     shard = devices if strategy == "fsdp" else 1
-    stored_bytes = DTYPE_BYTES["float32"] if strategy == "fsdp" else DTYPE_BYTES[dtype]  # FSDP: fp32 shards
+    # FSDP without wrapping: one unit mixing frozen and fp32 LoRA weights, stored in float32 (training/strategies.py)
+    stored_bytes = DTYPE_BYTES["float32"] if strategy == "fsdp" and fsdp_wrap == "none" else DTYPE_BYTES[dtype]
     weights = s.params * stored_bytes / shard
     lora_states = s.lora_params * LORA_BYTES_PER_PARAM / shard
     rows = batch * (2 if complementary else 1)
@@ -141,7 +142,7 @@ def estimate(s: Shape, lora_r: int, strategy: str, devices: int = 1, batch: int 
         activations = tokens * s.layers * per_layer
     logits = batch * gen * s.vocab * LOGIT_BYTES  # the generated positions of both passes: each once
     gathered = 0.0
-    if strategy == "fsdp":  # unsharded copies in the compute dtype, next to the fp32 shards
+    if strategy == "fsdp":  # unsharded copies in the compute dtype, next to the shards
         gathered = (s.params if fsdp_wrap == "none" else 2 * s.layer_params) * compute_bytes  # layer + prefetch
         if fsdp_wrap == "none":  # one unit mixing frozen and LoRA weights: FSDP1 gives it a whole-model gradient,
             gathered += s.params * (compute_bytes + 4 / shard)  # unsharded in backward, then fp32 shards
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gen", type=int, default=256)
     parser.add_argument("--lora-r", type=int, default=256, help="d3LLM recipes: 256")
     parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPE_BYTES),
-                        help="the teacher's weights (model.dtype; fsdp always stores float32 shards)")
+                        help="the teacher's weights (model.dtype; fsdp without wrapping stores float32 shards)")
     parser.add_argument("--no-complementary", action="store_true", help="one pass per step instead of two")
     parser.add_argument("--fsdp-wrap", default="layer", choices=("layer", "none"), help="trainer.fsdp_wrap")
     parser.add_argument("--json", default=None)

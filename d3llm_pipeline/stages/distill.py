@@ -120,7 +120,8 @@ def _distill(cfg: DictConfig, stage: DistillStageConfig, distill: DistillConfig,
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     # the teacher in model.dtype (bf16 presets: half the memory of fp32; the LoRA matrices stay fp32)
     strategy = cfg.trainer.get("strategy")
-    teacher_dtype = fsdp_teacher_dtype(str(cfg.model.dtype), strategy)  # FSDP: one dtype per flattened unit
+    # FSDP: one dtype per flattened unit (float32 when one unit mixes frozen and LoRA weights: fsdp_wrap=none)
+    teacher_dtype = fsdp_teacher_dtype(str(cfg.model.dtype), strategy, str(cfg.trainer.get("fsdp_wrap", "none")))
     student, tokenizer = make_student(stage.teacher_path, distill.lora, dtype=teacher_dtype,
                                       gradient_checkpointing=stage.gradient_checkpointing)
     data = DistillDataModule(stage.trajectories, stage.batch_size, int(cfg.seed), distill.targets,

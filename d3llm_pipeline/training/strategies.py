@@ -2,7 +2,7 @@
 
 `trainer=fsdp` (conf/trainer/fsdp.yaml) sets `strategy: fsdp` and `fsdp_wrap: layer`. A config string can only
 select Lightning's registered FSDP defaults, which wrap nothing: the whole model is one unit, gathered whole for
-every forward, with a whole-model gradient (41.5 vs 8.7 GiB per GPU estimated for LLaDA-8B on 8 GPUs,
+every forward, with a whole-model gradient (41.5 vs 6.8 GiB per GPU estimated for LLaDA-8B on 8 GPUs,
 models/memory.py). So the stage builds the strategy object itself, from the model it trains (`layer_units`: one
 unit per decoder layer and one per LoRA matrix):
 
@@ -13,10 +13,10 @@ unit per decoder layer and one per LoRA matrix):
 
 Why the other pieces:
 * FSDP (torch's FSDP1, which Lightning's FSDPStrategy uses) flattens each unit's parameters into one tensor, which
-  must have one dtype: the LoRA matrices are float32, so under FSDP the frozen teacher is loaded in float32 too
-  (`fsdp_teacher_dtype`). Its shards cost 4 bytes / parameter / device count; bf16-mixed still gathers and
-  computes in bf16 (Lightning's FSDP mixed precision). (Required for fsdp_wrap=none, whose one unit mixes them;
-  under `layer_units` the frozen units could keep model.dtype, halving the shards: not yet tried under bf16-mixed.)
+  must have one dtype. Under `layer_units` every unit is all frozen (model.dtype, bf16 for the real presets) or
+  all LoRA (float32), so the teacher keeps model.dtype: 2 bytes / parameter / device count. fsdp_wrap=none's one
+  unit mixes them, so there the teacher is loaded in float32 (`fsdp_teacher_dtype`). Lightning's FSDP mixed
+  precision gathers and computes in the precision's dtype either way (bf16 for bf16-mixed, float32 for 32-true).
 * After a sharded fit each rank's module holds only its shard of every parameter (use_orig_params views), so the
   student is exported from the full state dict gathered over the ranks, loaded into a fresh unsharded student.
   The gathering is a collective, done in `on_train_end` while the strategy is still set up (before Lightning's
@@ -116,13 +116,14 @@ def fsdp_strategy(model: torch.nn.Module, name: str, wrap: str, accelerator: str
     return FSDPStrategy(auto_wrap_policy=policy, cpu_offload=name == "fsdp_cpu_offload")
 
 
-def fsdp_teacher_dtype(dtype: str, strategy: Any) -> str:
-    """The dtype to load the frozen teacher in: float32 under FSDP (one dtype per flattened unit, and the LoRA
-    matrices are float32), else `dtype` (model.dtype)."""
-    if is_fsdp(strategy) and dtype != "float32":
-        log.info("trainer.strategy=%s: the teacher is loaded in float32, not model.dtype=%s (FSDP flattens a layer's "
-                 "frozen weights and its float32 LoRA matrices into one tensor of one dtype; each device stores "
-                 "only its shard, and bf16-mixed still computes in bf16)", strategy, dtype)
+def fsdp_teacher_dtype(dtype: str, strategy: Any, wrap: str = "layer") -> str:
+    """The dtype to load the frozen teacher in: `dtype` (model.dtype), except float32 under FSDP with
+    fsdp_wrap=none, whose one unit flattens the frozen weights and the float32 LoRA matrices into one tensor of one
+    dtype. (With fsdp_wrap=layer the LoRA matrices have units of their own: every unit has one dtype already.)"""
+    if is_fsdp(strategy) and wrap == "none" and dtype != "float32":
+        log.info("trainer.strategy=%s trainer.fsdp_wrap=none: the teacher is loaded in float32, not model.dtype=%s "
+                 "(the one FSDP unit flattens the frozen weights and the float32 LoRA matrices into one tensor of "
+                 "one dtype); trainer.fsdp_wrap=layer keeps model.dtype, half the shard memory", strategy, dtype)
         return "float32"
     return dtype
 
