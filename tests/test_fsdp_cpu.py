@@ -64,7 +64,8 @@ def test_a_run_crashed_on_one_process_finishes_on_two_fsdp_processes(workspace, 
     assert min(losses_by_step(workspace / "run_to_fsdp_again")) == 4  # went on from the step-4 checkpoint
     # sharded steps 4..11 (AdamW state restored into the shards) trained what the plain process trained
     assert_same_lora(workspace / "to_fsdp", uninterrupted)
-    # the student was exported from the LoRA gathered over both ranks, not rank 0's shards
+    # the student was exported from the LoRA gathered over both ranks, unit by unit, not rank 0's shards
+    assert "gathered the 8 trained tensors from their 8 units" in proc.stdout + proc.stderr
     assert json.loads((workspace / "to_fsdp" / "merged" / "artifact.json").read_text())["identity"][
         "trainer.devices"] == 2
 

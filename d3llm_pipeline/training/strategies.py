@@ -18,9 +18,9 @@ Why the other pieces:
   unit mixes them, so there the teacher is loaded in float32 (`fsdp_teacher_dtype`). Lightning's FSDP mixed
   precision gathers and computes in the precision's dtype either way (bf16 for bf16-mixed, float32 for 32-true).
 * After a sharded fit each rank's module holds only its shard of every parameter (use_orig_params views), so the
-  student is exported from the full state dict gathered over the ranks, loaded into a fresh unsharded student.
-  The gathering is a collective, done in `on_train_end` while the strategy is still set up (before Lightning's
-  teardown), on every rank.
+  student is exported from the LoRA tensors gathered over the ranks (their units alone, one at a time; the full
+  state dict for fsdp_wrap=none), loaded into a fresh unsharded student. The gathering is a collective, done in
+  `on_train_end` while the strategy is still set up (before Lightning's teardown), on every rank.
 
 * Lightning's FSDP precision refuses norm clipping (stage.grad_clip): DistillModule clips through the FSDP root,
   by the norm of the full gradient over every rank's shards.
@@ -128,19 +128,42 @@ def fsdp_teacher_dtype(dtype: str, strategy: Any, wrap: str = "layer") -> str:
     return dtype
 
 
+FSDP_PREFIX = "_fsdp_wrapped_module."  # what FSDP1 inserts into the names of the modules it wraps
+
+
 class GatherTrainedState(Callback):
-    """At the end of fit, keep the trainable tensors of the LightningModule's full state dict (gathered over the
-    ranks under FSDP: a collective every rank runs; rank 0 gets the tensors, the others nothing) in `self.state`."""
+    """At the end of fit, keep the trainable (LoRA) tensors of the LightningModule, under their state-dict names, in
+    `self.state` on rank 0 (the other ranks keep nothing under FSDP).
+
+    Under FSDP with `layer_units` each LoRA matrix is a unit of its own: those units alone are gathered, one at a
+    time (a collective every rank runs in the same order), never the frozen teacher. Otherwise (fsdp_wrap=none,
+    DDP, one device) the trainable entries of the strategy's full state dict are kept."""
 
     def __init__(self) -> None:
         self.state: dict[str, torch.Tensor] = {}
 
     def on_train_end(self, trainer, pl_module) -> None:
-        state = trainer.strategy.lightning_module_state_dict()
-        trainable = {name for name, param in pl_module.named_parameters() if param.requires_grad}
-        # FSDP wrappers may prefix the live parameter names; the full state dict uses the clean ones
-        clean = {name.replace("_fsdp_wrapped_module.", "") for name in trainable}
-        self.state = {key: value.detach().cpu() for key, value in state.items() if key in clean}
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        root = trainer.strategy.model
+        units = [(name, unit) for name, unit in root.named_modules() if isinstance(unit, FSDP)
+                 and unit is not root and owns_only_trainable(unit.module)]
+        if not units:
+            state = trainer.strategy.lightning_module_state_dict()
+            trainable = {name for name, param in pl_module.named_parameters() if param.requires_grad}
+            # FSDP wrappers may prefix the live parameter names; the full state dict uses the clean ones
+            clean = {name.replace(FSDP_PREFIX, "") for name in trainable}
+            self.state = {key: value.detach().cpu() for key, value in state.items() if key in clean}
+            return
+        self.state = {}
+        for name, unit in units:
+            with FSDP.summon_full_params(unit, recurse=False, writeback=False, rank0_only=True):
+                if trainer.is_global_zero:
+                    for param_name, param in unit.module.named_parameters(recurse=False):
+                        key = f"{name}.{param_name}".replace(FSDP_PREFIX, "")
+                        self.state[key] = param.detach().cpu().clone()
+        log.info("FSDP: gathered the %d trained tensors from their %d units (the frozen teacher stays sharded)",
+                 len(self.state), len(units))
 
 
 def load_trained_weights(student: torch.nn.Module, state: Mapping[str, torch.Tensor], prefix: str = "student."
