@@ -71,6 +71,7 @@ CASES = [
     ("trainer_not_an_arg", ["stage=teacher", "+trainer.max_stepz=3"], "trainer.max_stepz is not a lightning.Trainer"),
     ("fsdp_offload_on_cpu", ["stage=distill", "trainer=fsdp", "trainer.accelerator=cpu",
                              "trainer.strategy=fsdp_cpu_offload"], "on CPU processes (trainer.accelerator=cpu) use"),
+    ("fsdp_cpu_bf16", ["stage=distill", "trainer=fsdp", "trainer.accelerator=cpu"], "add trainer.precision=32-true"),
     ("fsdp_one_device", ["stage=distill", "trainer=fsdp", "trainer.devices=1"], "one process has nothing to shard"),
     ("fsdp_teacher", ["stage=teacher", "trainer=fsdp"], "stage=teacher trains the embedded tiny teacher"),
     ("fsdp_wrap", ["stage=distill", "trainer=fsdp", "trainer.fsdp_wrap=block"], "trainer.fsdp_wrap must be one of"),

@@ -129,6 +129,10 @@ def _check_fsdp(trainer: dict[str, Any], stage_name: str) -> None:
     check(trainer.get("accelerator", "auto") != "cpu" or strategy == "fsdp",
            f"trainer.strategy={strategy} keeps the shards in host RAM between GPU steps; on CPU processes "
            "(trainer.accelerator=cpu) use trainer.strategy=fsdp")
+    check(trainer.get("accelerator", "auto") != "cpu" or str(trainer.get("precision", "32-true")) in ("32-true", "32"),
+           f"trainer.strategy={strategy} on CPU processes (trainer.accelerator=cpu) runs in trainer.precision=32-true, "
+           f"not {trainer.get('precision')} (Lightning's FSDP mixed precision autocasts on CUDA only); add "
+           "trainer.precision=32-true")
     devices = trainer.get("devices", "auto")
     one = devices == 1 or (isinstance(devices, list) and len(devices) == 1)
     check(not (one and trainer.get("num_nodes", 1) == 1),
