@@ -4,7 +4,8 @@ student one unsharded process trains; the export carries the LoRA gathered over 
 plain and FSDP checkpoints, on another number of processes.
 
     pytest tests/test_fsdp_cpu.py            # ~25 s on 2 idle cores (one 2-process run)
-    pytest tests/test_fsdp_cpu.py -m slow    # FSDP crash -> one process, checkpointing, no wrap, bf16 (~80 s)
+    pytest tests/test_fsdp_cpu.py -m slow    # FSDP crash -> one process, checkpointing, no wrap, bf16, LLaDA and
+                                             # Dream fixtures (~3 min)
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_at, run_cli
+from conftest import OFFICIAL, compose_at, needs_official, run_cli
 from test_distill_stage import crash_distillation, distill_overrides, losses_by_step
 
 from d3llm_pipeline.objectives.schedules import lr_multiplier
@@ -157,3 +158,24 @@ def test_a_bf16_teacher_stays_bf16_in_the_fsdp_shards(workspace, monkeypatch):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "is loaded in float32" not in proc.stdout + proc.stderr
     assert_same_lora(workspace / "fsdp_bf16", workspace / "rounded_ref")
+
+
+@needs_official
+@pytest.mark.slow  # per family: 16 trajectories, a plain and a 2-process fit: ~45 s on 2 idle cores
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_real_family_layers_as_fsdp_units_train_the_one_process_student(tmp_path, family):
+    """LLaDA's and Dream's own decoder layers (the official-format fixtures, random weights) as FSDP units with
+    their LoRA units inside, checkpointed as on GPUs: the sharded fit trains what one process trains."""
+    from d3llm_pipeline.models.families.fixture_tokenizer import prepare_fixture
+
+    prepare_fixture(OFFICIAL / f"{family}_tiny", tmp_path / "outputs" / "fixtures" / f"{family}_tiny")
+    common = [f"experiment={family}_fixture", "task.n_train=16"]
+    call_stage(compose_at(tmp_path, "stage=trajectory", "stage.n_prompts=16", *common,
+                          f"+output_dir={tmp_path / 'run_traj'}"))
+    fit = [*common, "stage=distill", "stage.epochs=1", "stage.batch_size=8", "stage.warmup_steps=1", CLIP,
+           "stage.gradient_checkpointing=true", "logger=none"]
+    call_stage(compose_at(tmp_path, *fit, f"stage.out_dir={tmp_path / 'plain'}", f"+output_dir={tmp_path / 'r1'}"))
+    proc = run_cli(tmp_path, *fit, f"stage.out_dir={tmp_path / 'sharded'}", f"+output_dir={tmp_path / 'r2'}",
+                   *CPU_FSDP)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_lora(tmp_path / "sharded", tmp_path / "plain")

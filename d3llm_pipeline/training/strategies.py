@@ -162,8 +162,9 @@ class GatherTrainedState(Callback):
                     for param_name, param in unit.module.named_parameters(recurse=False):
                         key = f"{name}.{param_name}".replace(FSDP_PREFIX, "")
                         self.state[key] = param.detach().cpu().clone()
-        log.info("FSDP: gathered the %d trained tensors from their %d units (the frozen teacher stays sharded)",
-                 len(self.state), len(units))
+        if trainer.is_global_zero:
+            log.info("FSDP: gathered the %d trained tensors from their %d units (the frozen teacher stays sharded)",
+                     len(self.state), len(units))
 
 
 def load_trained_weights(student: torch.nn.Module, state: Mapping[str, torch.Tensor], prefix: str = "student."
