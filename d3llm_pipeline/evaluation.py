@@ -32,6 +32,7 @@ def evaluate_problems(
     device = next(lm.parameters()).device
     records: list[dict[str, Any]] = []
     nfe_all, tokens_all, forwarded_all = [], [], []
+    warmup_s = compile_warmup(lm, prompts[:batch_size].to(device), spec) if len(problems) else None
     start = time.perf_counter()
     bar = tqdm(total=len(problems), desc="decode", unit="prob", disable=not progress, dynamic_ncols=True)
     for lo in range(0, len(problems), batch_size):
@@ -71,4 +72,18 @@ def evaluate_problems(
         "wall_s": round(wall, 3),
         "tokens_per_s": float(tokens.sum()) / wall if wall > 0 else None,
     }
+    if warmup_s is not None:
+        summary["compile_warmup_s"] = round(warmup_s, 3)
     return records, summary
+
+
+def compile_warmup(lm, prompt_ids: torch.Tensor, spec: DecodeSpec, attention_mask: torch.Tensor | None = None
+                   ) -> float | None:
+    """decode.compile: one untimed decode of `prompt_ids` (its output discarded), so that compiling the forward,
+    which the first decode pays, is not counted in the run's wall time and tokens/s; returns its seconds. None
+    (nothing run) without decode.compile."""
+    if not spec.compile:
+        return None
+    start = time.perf_counter()
+    decode(lm, prompt_ids, spec, attention_mask, sample_keys=torch.arange(len(prompt_ids)))
+    return time.perf_counter() - start

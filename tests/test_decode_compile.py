@@ -95,3 +95,53 @@ def test_compile_keeps_artifact_identities(tmp_path):
         del older.decode["compile"]  # a config from before the knob
     requests = [artifacts.eval_request(c, model_fp="m") for c in (*evals, older)]
     assert requests[0] == requests[2] != requests[1]
+
+
+def test_the_compiling_decode_is_a_separate_untimed_warm_up(tokenizer_module, monkeypatch):
+    """stage=eval with decode.compile: the first batch is decoded once more before the clock starts (compiling
+    happens there), so wall_s and tokens/s are the compiled speed; the records are those of an eager eval.
+    (Compilation itself is stubbed here: what is checked is where the warm-up runs and what it leaves.)"""
+    from d3llm_pipeline import evaluation
+    from d3llm_pipeline.lmeval.tasks.arith.arith_task import arith_problems
+    from d3llm_pipeline.models.adapter import HFDiffusionAdapter
+
+    lm = build_tiny_teacher(tokenizer_module, max_positions=88, n_embd=32, n_layer=1, n_head=2, seed=0).eval()
+    problems = arith_problems(arith_n=6)
+    spec = DecodeSpec(gen_length=64, block_size=16, rule="threshold", threshold=2.0)
+    calls: list[int] = []
+
+    def counted(model, prompt_ids, *args, **kwargs):
+        calls.append(len(prompt_ids))
+        return decode(model, prompt_ids, *args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "decode", counted)
+    monkeypatch.setattr(HFDiffusionAdapter, "compile_forward", lambda self: None)
+    eager_records, eager = evaluation.evaluate_problems(lm, tokenizer_module, problems, spec, 24, 4, progress=False)
+    assert calls == [4, 2] and "compile_warmup_s" not in eager
+    calls.clear()
+    records, summary = evaluation.evaluate_problems(lm, tokenizer_module, problems, replace(spec, compile=True), 24,
+                                                    4, progress=False)
+    assert calls == [4, 4, 2] and summary["compile_warmup_s"] >= 0  # the warm-up: the first batch, once more
+    assert records == eager_records and summary["total_nfe"] == eager["total_nfe"]
+
+
+def test_the_lmeval_model_warms_up_once_too(tokenizer_module, monkeypatch):
+    pytest.importorskip("lm_eval")
+    from lm_eval.api.instance import Instance
+
+    from d3llm_pipeline import evaluation
+    from d3llm_pipeline.lmeval import D3LLMEvalModel
+    from d3llm_pipeline.lmeval.tasks.arith.arith_task import arith_problems
+    from d3llm_pipeline.models.adapter import HFDiffusionAdapter
+
+    lm = build_tiny_teacher(tokenizer_module, max_positions=88, n_embd=32, n_layer=1, n_head=2, seed=0).eval()
+    warm_ups: list[int] = []
+    monkeypatch.setattr(evaluation, "decode", lambda model, ids, *a, **k: warm_ups.append(len(ids)) or
+                        decode(model, ids, *a, **k))
+    monkeypatch.setattr(HFDiffusionAdapter, "compile_forward", lambda self: None)
+    model = D3LLMEvalModel(lm=lm, tokenizer=tokenizer_module, decode="threshold", compile=True, batch_size=2)
+    reqs = [Instance("generate_until", {}, (p.prompt, {"until": ["[EOS]"], "max_gen_toks": 64}), 0,
+                     metadata=("arith", i, 1)) for i, p in enumerate(arith_problems(arith_n=5))]
+    model.generate_until(reqs)
+    model.generate_until(reqs[:2])
+    assert warm_ups == [2] and len(model.stats) == 7  # one warm-up (a first batch), never counted in the stats

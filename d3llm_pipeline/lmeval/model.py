@@ -33,6 +33,7 @@ from lm_eval.api.registry import register_model
 
 from d3llm_pipeline.config.schema import ConfigError, DecodeConfig
 from d3llm_pipeline.decoding import DecodeSpec, decode, tokens_per_forward
+from d3llm_pipeline.evaluation import compile_warmup
 from d3llm_pipeline.lmeval.presets import SPEC_FIELDS, decode_knobs, model_preset, table_task
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,7 @@ class D3LLMEvalModel(LM):
         self.spec_for(1)  # fail now, not after the dataset is built, on a bad knob (one block when gen_length unset)
         self.stats_path = stats_path
         self.stats: list[dict[str, Any]] = []
+        self._compiled_once = False  # decode.compile: the first compiled decode ran (untimed)
         self._chat = False  # set once lm-eval asks for the chat template: the template then carries the BOS
 
     @classmethod
@@ -256,11 +258,15 @@ class D3LLMEvalModel(LM):
     def _decode_batch(self, requests, spec: DecodeSpec) -> list[str]:
         contexts = [r.args[0] for r in requests]
         prompt_ids, attn = self._encode(contexts)
+        prompt_ids, attn = prompt_ids.to(self._device), attn.to(self._device) if attn is not None else None
+        if spec.compile and not self._compiled_once:  # the first compiled decode compiles: untimed, as in stage=eval
+            self._compiled_once = True
+            log.info("decode.compile: warm-up decode (compiling) took %.1f s, not counted in wall_s",
+                     compile_warmup(self.lm, prompt_ids, spec, attn))
         start = time.perf_counter()
         # sampling noise keyed by each prompt's text (crc32): the same draws however lm-eval orders and batches it
         keys = torch.tensor([zlib.crc32(c.encode("utf-8")) for c in contexts], dtype=torch.long)
-        result = decode(self.lm, prompt_ids.to(self._device), spec,
-                        attn.to(self._device) if attn is not None else None, sample_keys=keys)
+        result = decode(self.lm, prompt_ids, spec, attn, sample_keys=keys)
         gen = result.sequences[:, prompt_ids.shape[1]:].cpu().tolist()
         nfe = result.nfe.cpu().tolist()
         wall = time.perf_counter() - start
