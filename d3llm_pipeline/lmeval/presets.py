@@ -12,6 +12,7 @@ decode_table (conf/decode_table/): the same lookup `stage=eval` does through ${d
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,7 @@ def model_preset(name: str) -> dict[str, Any]:
     return out
 
 
+@functools.cache
 def table_task(lmeval_task: str | None) -> str | None:
     """The pipeline task (conf/task/<name>.yaml) whose lm-eval task, for any model family, is `lmeval_task`: the
     key of its decode_table row. None for an lm-eval task no pipeline task runs (the model's decode_defaults)."""

@@ -21,7 +21,6 @@ Why the other pieces:
   student is exported from the LoRA tensors gathered over the ranks (their units alone, one at a time; the full
   state dict for fsdp_wrap=none), loaded into a fresh unsharded student. The gathering is a collective, done in
   `on_train_end` while the strategy is still set up (before Lightning's teardown), on every rank.
-
 * Lightning's FSDP precision refuses norm clipping (stage.grad_clip): DistillModule clips through the FSDP root,
   by the norm of the full gradient over every rank's shards.
 
