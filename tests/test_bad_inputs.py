@@ -73,6 +73,8 @@ CASES = [
                              "trainer.strategy=fsdp_cpu_offload"], "on CPU processes (trainer.accelerator=cpu) use"),
     ("fsdp_cpu_bf16", ["stage=distill", "trainer=fsdp", "trainer.accelerator=cpu"], "add trainer.precision=32-true"),
     ("fsdp_one_device", ["stage=distill", "trainer=fsdp", "trainer.devices=1"], "one process has nothing to shard"),
+    ("distill_accumulate", ["stage=distill", "+trainer.accumulate_grad_batches=4"],
+     "trainer.accumulate_grad_batches=4 is not supported by stage=distill"),
     ("fsdp_teacher", ["stage=teacher", "trainer=fsdp"], "stage=teacher trains the embedded tiny teacher"),
     ("fsdp_wrap", ["stage=distill", "trainer=fsdp", "trainer.fsdp_wrap=block"], "trainer.fsdp_wrap must be one of"),
     ("teacher_lr", ["stage=teacher", "stage.lr=0"], "stage.lr must be > 0"),

@@ -234,6 +234,12 @@ def validate_config(cfg: DictConfig) -> None:
     load_section(cfg.stage, STAGE_SCHEMAS[stage_name], "stage")
     _check_trainer(_plain(cfg, "trainer"))
     _check_fsdp(_plain(cfg, "trainer"), stage_name)
+    accumulate = _plain(cfg, "trainer").get("accumulate_grad_batches", 1)
+    check(stage_name != "distill" or accumulate == 1,
+           f"trainer.accumulate_grad_batches={accumulate} is not supported by stage=distill: each micro-batch would "
+           "reuse its step's noise draws, the loss is normalised over one step's global batch, and the epochs would "
+           "be stretched; lower the memory per device with a smaller stage.batch_size (the global batch), more "
+           "devices, or a smaller distill.lora.r (check with stage.dry_run=true)")
     check(stage_name != "trajectory" or loaded["decode"].temperature == 0,
            f"decode.temperature={loaded['decode'].temperature}: stage=trajectory decodes at stage.temperatures "
            "(d3LLM's retries at rising temperature, e.g. stage.temperatures=[0.0,0.1]); drop decode.temperature")
