@@ -179,3 +179,26 @@ def test_real_family_layers_as_fsdp_units_train_the_one_process_student(tmp_path
                    *CPU_FSDP)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same_lora(tmp_path / "sharded", tmp_path / "plain")
+
+
+@pytest.mark.slow  # a 2-job sweep, each job on 2 processes: ~30 s on 2 idle cores
+def test_a_distill_sweep_relaunches_each_job_alone(tmp_path, workspace):
+    """Lightning's fsdp launcher re-runs the command once per extra device; in a Hydra multirun that command is the
+    whole sweep. training/relaunch.py makes the extra process run its job alone: one sweep dir, each job once."""
+    import shutil
+
+    root = tmp_path / "sweep"
+    shutil.copytree(workspace / "outputs" / "artifacts", root / "outputs" / "artifacts")
+    proc = run_cli(root, "-m", "stage=distill", "distill.only_correct=false", "distill.lora.r=4,8", "stage.epochs=1",
+                   "stage.batch_size=8", "stage.val_every=1000", "task.n_test=16", *CPU_FSDP, "logger=none",
+                   f"paths.root_dir={root}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert log.count("Launching 2 jobs locally") == 1  # the extra processes did not start sweeps of their own
+    sweeps = list((root / "outputs" / "multirun" / "distill").iterdir())
+    assert len(sweeps) == 1 and sorted(p.name for p in sweeps[0].iterdir() if p.is_dir()) == ["0", "1"]
+    # each job's extra process ran that job (its own log in the job's dir), the second job's as well: the first
+    # job's launcher state (LOCAL_RANK, MASTER_PORT, its process group) did not leak into it
+    assert all((sweeps[0] / job / "__main___rank1.log").is_file() for job in ("0", "1"))
+    students = sorted((root / "outputs" / "artifacts" / "students").glob("*/merged/training_summary.json"))
+    assert len(students) == 2 and "2 jobs (0 failed) ranked" in log

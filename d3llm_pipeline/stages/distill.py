@@ -49,6 +49,7 @@ from d3llm_pipeline.training.fit import (
     validation_evaluator,
 )
 from d3llm_pipeline.training.loggers import make_lightning_logger
+from d3llm_pipeline.training.relaunch import isolated_sweep_job
 from d3llm_pipeline.training.strategies import (
     GatherTrainedState,
     fsdp_teacher_dtype,
@@ -162,7 +163,8 @@ def _distill(cfg: DictConfig, stage: DistillStageConfig, distill: DistillConfig,
     if lead:
         artifacts.write_identity(ckpt_dir, "student", identity)  # what the resume checkpoints belong to
     start = time.perf_counter()
-    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    with isolated_sweep_job():  # ddp / fsdp in a Hydra multirun: extra processes re-run this job alone
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     wall = time.perf_counter() - start
     if trainer.interrupted:  # (global_step is not carried back to the main process by spawn strategies)
         raise RuntimeError(f"distillation was interrupted before step {max_steps}; rerun to resume")

@@ -39,6 +39,7 @@ from d3llm_pipeline.tasks.tokenizer import build_tokenizer
 from d3llm_pipeline.training.data import ArithDataModule
 from d3llm_pipeline.training.fit import SUMMARY_FILE, trainer_identity, trainer_kwargs, validation_evaluator
 from d3llm_pipeline.training.loggers import make_lightning_logger
+from d3llm_pipeline.training.relaunch import isolated_sweep_job
 from d3llm_pipeline.training.teacher_module import DiffusionSFTModule
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,8 @@ def _train(cfg: DictConfig, stage: TeacherStageConfig, task: ArithTaskConfig, mo
 
     artifacts.write_identity(ckpt_dir, "teacher", identity)  # what the resume checkpoints belong to
     start = time.perf_counter()
-    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    with isolated_sweep_job():  # ddp / fsdp in a Hydra multirun: extra processes re-run this job alone
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     wall = time.perf_counter() - start
     if trainer.interrupted:  # (global_step is not carried back to the main process by spawn strategies)
         raise RuntimeError(f"training was interrupted before step {stage.max_steps}; rerun to resume")
