@@ -3,13 +3,12 @@
 `strategy: fsdp` (and `ddp`) re-run the command line once per extra device. Lightning rebuilds that command from
 sys.argv, which under `python -m d3llm_pipeline -m ...` is the whole sweep (`-m` and its value lists): every extra
 process then runs every job of the sweep itself. Seen on CPU FSDP processes with a 2-job distill sweep: the child
-launched its own multirun (a stray sweep dir with an empty report), the ranks met job by job only by luck, and the
-the two processes then met job by job only by luck. While `isolated_sweep_job()` is active, the extra processes run
-exactly this job: its own overrides, its output dir, no `-m`. And at its end the job leaves no launcher state
-behind: Hydra's local launcher runs the next job in this same process, and Lightning, finding the LOCAL_RANK /
-WORLD_SIZE / MASTER_* variables its launcher set, would take the processes for externally launched, spawn none and
-join the finished job's process group (its peers gone: the first collective fails). So those variables are put
-back and the job's process group is closed.
+launched its own multirun (a stray sweep dir with an empty report) and the two processes met job by job only by
+luck. While `isolated_sweep_job()` is active, the extra processes run exactly this job: its own overrides, its
+output dir, no `-m`. And at its end the job leaves no launcher state behind: Hydra's local launcher runs the next
+job in this same process, and Lightning, finding the LOCAL_RANK / WORLD_SIZE / MASTER_* variables its launcher
+set, would take the processes for externally launched, spawn none and join the finished job's process group (its
+peers gone: the first collective fails). So those variables are put back and the job's process group is closed.
 
     with isolated_sweep_job():
         trainer.fit(module, datamodule=data)
