@@ -78,7 +78,7 @@ def main() -> None:
     module = DistillModule(student, DistillConfig(), lr=1e-5, weight_decay=0.0, warmup_steps=0, max_steps=args.steps,
                            min_lr_ratio=1.0, seed=0, val_every=10**9)
     module.mask_ratio_progress, module.window = 0.5, args.gen  # one window over the whole region: the most rows
-    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-5)
+    optimizer = module.configure_optimizers()["optimizer"]  # the stage's AdamW (state for the LoRA matrices only)
     vocab = teacher.model.config.vocab_size
     batch = {k: v.to(device) for k, v in random_batch(student, args.batch, args.prompt, args.gen, vocab,
                                                       torch.Generator().manual_seed(0)).items()}

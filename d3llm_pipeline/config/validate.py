@@ -52,6 +52,7 @@ _BOOL_TRAINER_KEYS = ("enable_progress_bar", "enable_checkpointing", "enable_mod
                       "benchmark", "sync_batchnorm", "use_distributed_sampler")
 _COUNT_TRAINER_KEYS = ("num_nodes", "log_every_n_steps", "accumulate_grad_batches")
 FSDP_WRAPS = ("layer", "none")  # trainer.fsdp_wrap (ours, not Lightning's: training/strategies.py)
+FSDP_WRAP_KEY = "fsdp_wrap"
 _LOGGERS = ("csv", "wandb", "none")
 _WANDB_MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")  # what wandb.init accepts
 _SEED_MAX = 2**32 - 1  # numpy / Lightning accept seeds in [0, 2**32 - 1]
@@ -119,9 +120,14 @@ def _check_top_level(cfg: DictConfig) -> None:
     load_section({k: _plain(cfg, k) for k in run_keys if k in cfg}, RunConfig, "run")
 
 
+def fsdp_wrap_of(trainer: Any) -> str:
+    """trainer.fsdp_wrap as configured (a dict or DictConfig); none, Lightning's own policy, when absent."""
+    return str(trainer.get(FSDP_WRAP_KEY, "none"))
+
+
 def _check_fsdp(trainer: dict[str, Any], stage_name: str) -> None:
     strategy = trainer.get("strategy")
-    check(trainer.get("fsdp_wrap", "none") in FSDP_WRAPS, f"trainer.fsdp_wrap must be one of "
+    check(fsdp_wrap_of(trainer) in FSDP_WRAPS, f"trainer.fsdp_wrap must be one of "
            f"{', '.join(FSDP_WRAPS)} (one FSDP unit per decoder layer, or the whole model), got "
            f"{trainer.get('fsdp_wrap')!r}")
     if not (isinstance(strategy, str) and strategy.startswith("fsdp")):

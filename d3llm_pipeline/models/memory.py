@@ -22,9 +22,8 @@ primary and complementary masks in one batch). Strategies: cpu (fp32 compute, on
 the compute dtype: `--fsdp-wrap layer` (trainer=fsdp's default) gathers one decoder layer at a time plus the
 prefetched next, its LoRA matrices in units of their own, so the frozen units keep `--dtype` and get no
 gradient; `none` (Lightning's default policy) the whole model, stored in float32 (one dtype per flattened unit,
-training/strategies.py) with a whole-model gradient). Not
-counted: CUDA context (~0.5-1 GiB), allocator fragmentation, NCCL buffers, temporaries inside a kernel. Estimates,
-not measurements.
+training/strategies.py) with a whole-model gradient). Not counted: CUDA context (~0.5-1 GiB), allocator
+fragmentation, NCCL buffers, temporaries inside a kernel. Estimates, not measurements.
 """
 
 from __future__ import annotations

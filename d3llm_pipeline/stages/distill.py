@@ -32,6 +32,7 @@ from d3llm_pipeline import artifacts
 from d3llm_pipeline.config.schema import ArithTaskConfig, DecodeConfig, DistillConfig, load_section
 from d3llm_pipeline.config.stage_schemas import DistillStageConfig
 from d3llm_pipeline.config.task_schema import PromptSetTaskConfig, load_task
+from d3llm_pipeline.config.validate import fsdp_wrap_of
 from d3llm_pipeline.models.lora import make_student, save_student
 from d3llm_pipeline.runtime import atomic_write_json, provenance
 from d3llm_pipeline.stages import output_dir_of
@@ -122,7 +123,7 @@ def _distill(cfg: DictConfig, stage: DistillStageConfig, distill: DistillConfig,
     # the teacher in model.dtype (bf16 presets: half the memory of fp32; the LoRA matrices stay fp32)
     strategy = cfg.trainer.get("strategy")
     # FSDP: one dtype per flattened unit (float32 when one unit mixes frozen and LoRA weights: fsdp_wrap=none)
-    teacher_dtype = fsdp_teacher_dtype(str(cfg.model.dtype), strategy, str(cfg.trainer.get("fsdp_wrap", "none")))
+    teacher_dtype = fsdp_teacher_dtype(str(cfg.model.dtype), strategy, fsdp_wrap_of(cfg.trainer))
     student, tokenizer = make_student(stage.teacher_path, distill.lora, dtype=teacher_dtype,
                                       gradient_checkpointing=stage.gradient_checkpointing)
     data = DistillDataModule(stage.trajectories, stage.batch_size, int(cfg.seed), distill.targets,

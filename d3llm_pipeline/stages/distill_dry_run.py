@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from d3llm_pipeline.config.schema import DistillConfig
 from d3llm_pipeline.config.stage_schemas import DistillStageConfig
+from d3llm_pipeline.config.validate import fsdp_wrap_of
 from d3llm_pipeline.models.memory import estimate, teacher_shape
 from d3llm_pipeline.runtime import atomic_write_json, output_dir_of
 from d3llm_pipeline.training.strategies import is_fsdp
@@ -47,7 +48,7 @@ def dry_run(cfg: DictConfig, stage: DistillStageConfig, distill: DistillConfig, 
     inputs = {"strategy": strategy, "devices": world, "batch_per_device": max(1, stage.batch_size // world),
               "prompt": int(getattr(task, "prompt_length", 0)), "gen": int(task.gen_length),
               "dtype": str(cfg.model.dtype), "checkpointing": stage.gradient_checkpointing,
-              "complementary": distill.loss.complementary, "fsdp_wrap": str(cfg.trainer.get("fsdp_wrap", "none")),
+              "complementary": distill.loss.complementary, "fsdp_wrap": fsdp_wrap_of(cfg.trainer),
               "lora_r": distill.lora.r}
     est = estimate(shape, distill.lora.r, strategy, world, inputs["batch_per_device"], inputs["prompt"],
                    inputs["gen"], inputs["dtype"], inputs["checkpointing"], inputs["complementary"],

@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from d3llm_pipeline.config.schema import ConfigError, DecodeConfig
-from d3llm_pipeline.config.validate import TRAINER_RESERVED
+from d3llm_pipeline.config.validate import TRAINER_RESERVED, fsdp_wrap_of
 from d3llm_pipeline.decoding.spec import spec_from
 from d3llm_pipeline.evaluation import evaluate_problems
 from d3llm_pipeline.training.strategies import WRAP_KEY, fsdp_strategy, is_fsdp
@@ -33,7 +33,8 @@ def trainer_kwargs(cfg: DictConfig, model: torch.nn.Module | None = None) -> dic
     if clash:
         raise ConfigError(f"trainer.{clash[0]} is set by stage={cfg.stage.name}; use the stage.* keys "
                           "(stage.max_steps, stage.epochs, stage.val_every)")
-    wrap = kwargs.pop(WRAP_KEY, "none")
+    wrap = fsdp_wrap_of(kwargs)
+    kwargs.pop(WRAP_KEY, None)
     if is_fsdp(kwargs.get("strategy")) and model is not None:
         kwargs["strategy"] = fsdp_strategy(model, kwargs["strategy"], wrap, str(kwargs.get("accelerator", "auto")))
     return kwargs

@@ -41,11 +41,11 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import FSDPStrategy
 
 from d3llm_pipeline.config.schema import ConfigError
-from d3llm_pipeline.config.validate import FSDP_WRAPS
+from d3llm_pipeline.config.validate import FSDP_WRAP_KEY, FSDP_WRAPS
 
 log = logging.getLogger(__name__)
 
-WRAP_KEY = "fsdp_wrap"  # ours, not a lightning.Trainer argument: trainer_kwargs removes it
+WRAP_KEY = FSDP_WRAP_KEY  # ours, not a lightning.Trainer argument: trainer_kwargs removes it
 
 
 def is_fsdp(strategy: Any) -> bool:
@@ -115,7 +115,7 @@ def fsdp_strategy(model: torch.nn.Module, name: str, wrap: str, accelerator: str
     return FSDPStrategy(auto_wrap_policy=policy, cpu_offload=name == "fsdp_cpu_offload")
 
 
-def fsdp_teacher_dtype(dtype: str, strategy: Any, wrap: str = "layer") -> str:
+def fsdp_teacher_dtype(dtype: str, strategy: Any, wrap: str) -> str:
     """The dtype to load the frozen teacher in: `dtype` (model.dtype), except float32 under FSDP with
     fsdp_wrap=none, whose one unit flattens the frozen weights and the float32 LoRA matrices into one tensor of one
     dtype. (With fsdp_wrap=layer the LoRA matrices have units of their own: every unit has one dtype already.)"""
