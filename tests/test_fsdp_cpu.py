@@ -182,10 +182,15 @@ def test_real_family_layers_as_fsdp_units_train_the_one_process_student(tmp_path
 
 
 @pytest.mark.slow  # a 2-job sweep, each job on 2 processes: ~30 s on 2 idle cores
-def test_a_distill_sweep_relaunches_each_job_alone(tmp_path, workspace):
+def test_a_distill_sweep_relaunches_each_job_alone(tmp_path, workspace, monkeypatch):
     """Lightning's fsdp launcher re-runs the command once per extra device; in a Hydra multirun that command is the
-    whole sweep. training/relaunch.py makes the extra process run its job alone: one sweep dir, each job once."""
+    whole sweep. training/relaunch.py makes the extra process run its job alone: one sweep dir, each job once.
+    A MASTER_PORT set beforehand (as ddp_spawn leaves in its parent) must not send job 2 to job 1's stale store."""
     import shutil
+
+    from lightning.fabric.plugins.environments.lightning import find_free_network_port
+
+    monkeypatch.setenv("MASTER_PORT", str(find_free_network_port()))
 
     root = tmp_path / "sweep"
     shutil.copytree(workspace / "outputs" / "artifacts", root / "outputs" / "artifacts")

@@ -9,6 +9,9 @@ output dir, no `-m`. And at its end the job leaves no launcher state behind: Hyd
 job in this same process, and Lightning, finding the LOCAL_RANK / WORLD_SIZE / MASTER_* variables its launcher
 set, would take the processes for externally launched, spawn none and join the finished job's process group (its
 peers gone: the first collective fails). So those variables are put back and the job's process group is closed.
+Each job also rendezvous on a fresh MASTER_PORT: torch keeps a port's store server alive in this process with the
+finished job's keys, so a MASTER_PORT set before the sweep (found: leaked from an earlier in-process test) sent the
+second job's processes to stale peer addresses.
 
     with isolated_sweep_job():
         trainer.fit(module, datamodule=data)
@@ -70,6 +73,12 @@ def isolated_sweep_job() -> Iterator[None]:
         setattr(launcher, _COMMAND, job_command)
     had_group = dist.is_available() and dist.is_initialized()
     environment = {key: os.environ.get(key) for key in _LAUNCH_ENV}
+    if "LOCAL_RANK" not in os.environ:  # Lightning launches this job's processes: a rendezvous port of its own
+        # torch keeps one store server per port in a process, with the finished job's keys (its peers' addresses):
+        # a MASTER_PORT set before the sweep would send every later job to it (gloo: connection refused)
+        from lightning.fabric.plugins.environments.lightning import find_free_network_port
+
+        os.environ["MASTER_PORT"] = str(find_free_network_port())
     try:
         yield
     finally:
