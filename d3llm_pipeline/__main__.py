@@ -64,6 +64,17 @@ def main(cfg: DictConfig) -> float | None:
     return result.get("accuracy") if isinstance(result, dict) else None
 
 
+def cli(argv: list[str]) -> None:
+    """`python -m d3llm_pipeline <argv>`: the pre-flight, then the Hydra app on `argv` (tests call this in-process;
+    exit codes arrive as SystemExit)."""
+    preflight(argv)
+    saved = sys.argv
+    sys.argv = [saved[0] if saved else "d3llm_pipeline", *argv]  # Hydra's main parses sys.argv
+    try:
+        main()
+    finally:
+        sys.argv = saved
+
+
 if __name__ == "__main__":
-    preflight(sys.argv[1:])
-    main()
+    cli(sys.argv[1:])

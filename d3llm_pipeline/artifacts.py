@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from d3llm_pipeline.config.schema import ConfigError, PipelineError
+from d3llm_pipeline.ownership import ARTIFACT_FILE
 from d3llm_pipeline.runtime import atomic_write_json
-
-ARTIFACT_FILE = "artifact.json"
 
 
 def fingerprint(config: dict[str, Any]) -> str:

@@ -7,7 +7,8 @@ For a single run it composes the command line's config and validates it (config/
 will (`hydra.sweeper.params`, then the command line's overrides, later keys replacing earlier ones) and validates
 every point, so a bad point stops the sweep before its first job runs, with a message naming the point. Hydra's
 own composition errors (an unknown group option or key, override syntax, a sweep without -m) become one line each
-here too, instead of Hydra's multi-line dumps. Also checked: the run / sweep dir can be written.
+here too, instead of Hydra's multi-line dumps. Also checked: the run / sweep dir can be written and is not a
+directory the pipeline did not make (ownership.py).
 
 Only plain invocations are checked; a command line with other Hydra flags (--help, --cfg, -cn, --config-dir, ...)
 is left to Hydra. Failures only a job can discover (a missing artifact, a corrupt file) are the job's to report.
@@ -135,6 +136,9 @@ def _expand_sweep(master: DictConfig, task_overrides: list[str], parser: Overrid
 
 
 def _check_output_dir(cfg: DictConfig, key: str) -> None:
+    """The run / sweep dir can be written and is new, empty or a run dir of ours (Hydra writes into it before any
+    stage code runs, so this is the only place a foreign one can be caught untouched)."""
+    from d3llm_pipeline.ownership import check_ours
     from d3llm_pipeline.stages.checks import require_writable
 
     try:
@@ -143,6 +147,7 @@ def _check_output_dir(cfg: DictConfig, key: str) -> None:
         return
     if directory:
         require_writable(directory, key)
+        check_ours(directory, "run", key)
 
 
 def check_command_line(argv: list[str], conf_dir: str | Path) -> bool:

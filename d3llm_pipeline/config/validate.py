@@ -238,6 +238,11 @@ def validate_config(cfg: DictConfig) -> None:
                f"task={loaded['task'].name} is a prompt set, which stage={' or stage='.join(PROMPT_SET_STAGES)} "
                f"uses; evaluate on a benchmark (task=gsm8k_cot, ...) or the embedded task (task=arith)")
     load_section(cfg.stage, STAGE_SCHEMAS[stage_name], "stage")
+    family = loaded["model"].family
+    check(stage_name != "teacher" or family == "tiny",
+           f"stage=teacher trains the embedded tiny teacher from scratch; model.family={family} is a released "
+           f"checkpoint, used as it is (model.path={loaded['model'].path}), so there is nothing to train: label its "
+           "trajectories with stage=trajectory, distil with stage=distill, or run both with stage=pipeline")
     _check_trainer(_plain(cfg, "trainer"))
     _check_fsdp(_plain(cfg, "trainer"), stage_name)
     accumulate = _plain(cfg, "trainer").get("accumulate_grad_batches", 1)

@@ -12,8 +12,6 @@ loads exactly like its teacher, in this pipeline and in the official code.
 from __future__ import annotations
 
 import copy
-import os
-import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -110,7 +108,10 @@ class MergedState(Mapping):
 
 def save_student(student: HFDiffusionAdapter, tokenizer, out_dir: str | Path,
                  teacher_path: str | Path | None = None) -> tuple[Path, Path]:
-    """Write `adapter/` (PEFT format) and `merged/` (the teacher's format), each via a temp dir + rename."""
+    """Write `adapter/` (PEFT format) and `merged/` (the teacher's format), each via a temp dir + rename, replacing
+    only a student of ours (ownership.py)."""
+    from d3llm_pipeline import ownership
+
     out_dir = Path(out_dir)
     peft_model: PeftModel = student.model
     teacher_path = teacher_path or getattr(student, "teacher_path", None)
@@ -119,22 +120,20 @@ def save_student(student: HFDiffusionAdapter, tokenizer, out_dir: str | Path,
 
     def write_merged(tmp: Path) -> None:
         if family is not None and family.rename is not None:  # LLaDA / Dream: the official format
-            from d3llm_pipeline.models.families.export import export_official
+            from d3llm_pipeline.models.families.export import write_official
 
             # in the training dtype: a bf16 cast would drop LoRA deltas below bf16's resolution of an fp32 run
             # (stage=export writes the released dtype)
             dtype = next(peft_model.get_base_model().parameters()).dtype
-            export_official(MergedState(peft_model), family, teacher_path, tmp, key="stage.teacher_path",
-                            dtype=dtype)
+            write_official(MergedState(peft_model), family, teacher_path, tmp, key="stage.teacher_path",
+                           dtype=dtype)
         else:
             save_tiny_teacher(adapter_for(copy.deepcopy(peft_model).merge_and_unload(), tokenizer), tokenizer, tmp)
 
+    ownership.claim(out_dir, "student", "stage.out_dir")
     for final, write in ((adapter_dir, lambda tmp: peft_model.save_pretrained(tmp)), (merged_dir, write_merged)):
-        tmp = final.with_name(final.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        write(tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        with ownership.staged(final, "student", "stage.out_dir") as tmp:
+            write(tmp)
     return adapter_dir, merged_dir
 
 

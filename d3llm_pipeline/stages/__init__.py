@@ -47,9 +47,12 @@ def call_stage(cfg: DictConfig) -> dict[str, Any]:
     name = cfg.stage.name
     if name not in STAGES:
         raise ConfigError(f"unknown stage {name!r}; choose stage= one of: {', '.join(sorted(STAGES))}")
-    from d3llm_pipeline.stages.checks import precheck
+    from d3llm_pipeline import ownership
+    from d3llm_pipeline.stages.checks import precheck, run_dir_of
 
-    precheck(cfg)  # missing / corrupt inputs and unwritable outputs, before seconds of importing Lightning
+    precheck(cfg)  # foreign outputs, missing / corrupt inputs, before seconds of importing Lightning
+    key, run_dir = run_dir_of(cfg)
+    ownership.claim(run_dir, "run", key)  # marked ours: a rerun may write into it again
     module_name, function = STAGES[name].split(":")
     return getattr(importlib.import_module(module_name), function)(cfg)
 

@@ -7,7 +7,8 @@
 A variant is an experiment file, conf/experiment/ablation_<name>.yaml (config/schema.py ABLATION_VARIANTS lists
 them). Every step is composed like its own command line (stages/steps.py: your other overrides, then the step's,
 then stage.step_overrides.<step>):
-1. stage=teacher, stage=trajectory and, when a variant decodes the default student, stage=distill: the shared
+1. stage=teacher (the tiny family only: a real family's checkpoint at model.path is used as it is), stage=trajectory
+   and, when a variant decodes the default student, stage=distill: the shared
    artifacts (finished ones are reused, so after `make demo` these return in seconds);
 2. per training seed s of stage.seeds (the teacher and trajectories are shared; seed s != the run's `seed` gets
    its own students, in `<student dir>_seed<s>`) and per variant: `stage=distill experiment=ablation_<name> seed=s`
@@ -46,7 +47,7 @@ from d3llm_pipeline.reporting.aggregate import build_report, collect_runs, plot_
 from d3llm_pipeline.reporting.wandb_report import log_report
 from d3llm_pipeline.runtime import atomic_write_json, atomic_write_text
 from d3llm_pipeline.stages import output_dir_of
-from d3llm_pipeline.stages.steps import run_step, user_overrides
+from d3llm_pipeline.stages.steps import check_step, run_step, teacher_step, user_overrides
 
 log = logging.getLogger(__name__)
 
@@ -85,23 +86,34 @@ def seed_student_dir(cfg: DictConfig, base: list[str], seed: int) -> list[str]:
 def run(cfg: DictConfig) -> dict[str, Any]:
     stage = load_section(cfg.stage, AblationStageConfig, "stage")
     out_dir = Path(output_dir_of(cfg))
+    tiny = cfg.model.family == "tiny"
     user = user_overrides(cfg)
     bases = {variant: variant_overrides(user, variant) for variant in stage.variants}  # fail fast, before training
-    run_step(cfg, out_dir, "teacher", "stage=teacher")  # one teacher and one trajectory set: seeds are training seeds
-    run_step(cfg, out_dir, "trajectory", "stage=trajectory")
+    # the training steps: (dir, name, overrides, base); one teacher and one trajectory set (seeds are training
+    # seeds), then per seed the default student (make demo's; decode variants read it) and each distill variant's
+    training = [(out_dir, "trajectory", ["stage=trajectory"], None)]
+    evals = []
     for seed in stage.seeds:
         where = f"seed_{seed}"
-        if any(ABLATION_VARIANTS[v][0] == "decode" for v in stage.variants):  # the default student (make demo's)
-            run_step(cfg, out_dir / "distill" / where, "default", "stage=distill", *seed_student_dir(cfg, user, seed))
+        if any(ABLATION_VARIANTS[v][0] == "decode" for v in stage.variants):
+            training.append((out_dir / "distill" / where, "default", ["stage=distill",
+                                                                     *seed_student_dir(cfg, user, seed)], None))
         for variant in stage.variants:
             # a decode variant reads the default student's dir; a distill variant's experiment names its own
-            seeded = seed_student_dir(cfg, bases[variant] if ABLATION_VARIANTS[variant][0] == "distill" else user,
-                                      seed)
-            if ABLATION_VARIANTS[variant][0] == "distill":
-                run_step(cfg, out_dir / "distill" / where, variant, "stage=distill", *seeded, base=bases[variant])
-            for i, tau in enumerate(stage.thresholds):
-                run_step(cfg, out_dir / "variants" / variant / where, str(i), "stage=eval", "model=student",
-                         f"decode.threshold={tau}", *seeded, base=bases[variant], reuse_eval=stage.reuse_evals)
+            distilled = ABLATION_VARIANTS[variant][0] == "distill"
+            seeded = seed_student_dir(cfg, bases[variant] if distilled else user, seed)
+            if distilled:
+                training.append((out_dir / "distill" / where, variant, ["stage=distill", *seeded], bases[variant]))
+            evals += [(out_dir / "variants" / variant / where, str(i), ["stage=eval", "model=student",
+                       f"decode.threshold={tau}", *seeded], bases[variant]) for i, tau in enumerate(stage.thresholds)]
+    teacher = [(out_dir, "teacher", ["stage=teacher"], None)] if tiny else []  # (a real family's: used as it is)
+    for directory, name, overrides, base in teacher + training:
+        check_step(cfg, directory, name, *overrides, base=base)  # every dir they write: new or ours, up front
+    teacher_step(cfg, out_dir)
+    for directory, name, overrides, base in training:
+        run_step(cfg, directory, name, *overrides, base=base)
+    for directory, name, overrides, base in evals:
+        run_step(cfg, directory, name, *overrides, base=base, reuse_eval=stage.reuse_evals)
     return tabulate(cfg, stage, out_dir)
 
 

@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from d3llm_pipeline import ownership
 from d3llm_pipeline.config.schema import PipelineError, first_line
 from d3llm_pipeline.models.families.checkpoint import (  # noqa: F401  (model_cmd, TEACHER_CMD: re-exported)
     DISTILL_CMD,
@@ -134,31 +135,60 @@ def teacher_bytes(arch: Any, task: Any, vocab: int = 64) -> int:
     return 4 * 4 * params + 2**20
 
 
-def check_distill_io(stage: Any) -> None:
+def check_distill_io(stage: Any, model_family: str) -> None:
     """stage=distill's inputs (teacher, trajectories) and output dir, before anything is loaded."""
-    from d3llm_pipeline.config.schema import ModelConfig
     from d3llm_pipeline.models.families import family_of, get_family  # (no torch import)
 
-    # The teacher's family by its config.json, as make_student picks it (the default family's checks say what is
-    # wrong with a dir that has none or an unreadable one).
-    family = family_of(stage.teacher_path) or get_family(ModelConfig().family)
+    # The teacher's family by its config.json, as make_student picks it; else the configured model.family, whose
+    # checks say what is wrong with a dir that has none (a real family's: download it, never stage=teacher)
+    family = family_of(stage.teacher_path) or get_family(model_family)
     teacher, _ = family.check(stage.teacher_path, "stage.teacher_path", TEACHER_CMD)
     require_trajectories(stage.trajectories, "stage.trajectories")
     # merged student (teacher-sized) + adapter + a Lightning checkpoint with optimiser state: ~3x the teacher
     require_writable(stage.out_dir, "stage.out_dir", need_bytes=3 * dir_bytes(teacher))
 
 
+# stage -> the kind of artifact it writes at stage.out_dir (ownership.py), and whether a `<out_dir>.lightning`
+# resume dir sits beside it. Every stage also writes its run dir (metrics.json, logs), of kind "run".
+STAGE_OUTPUTS = {"teacher": ("teacher", True), "distill": ("student", True), "trajectory": ("trajectories", False),
+                 "trajectory_merge": ("trajectories", False), "trajectory_import": ("trajectories", False),
+                 "export": ("export", False)}
+
+
+def run_dir_of(cfg: Any) -> tuple[str, Path]:
+    """(the key that sets it, the dir) where a stage writes metrics.json and its logs."""
+    from d3llm_pipeline.runtime import output_dir_of
+
+    return ("output_dir" if cfg.get("output_dir") else "hydra.run.dir"), Path(output_dir_of(cfg))
+
+
+def check_outputs(cfg: Any) -> None:
+    """Every dir the stage will write (stage.out_dir, a resume dir beside it, its run dir) is new, empty or ours:
+    a user's checkpoint or data is never written into or replaced (one line naming the path and the way out)."""
+    name = cfg.stage.name
+    if name in STAGE_OUTPUTS and not (name == "distill" and cfg.stage.get("dry_run")):
+        kind, resume = STAGE_OUTPUTS[name]
+        out = Path(str(cfg.stage.out_dir))
+        ownership.check_ours(out, kind, "stage.out_dir")
+        if resume:
+            ownership.check_ours(out.with_name(out.name + ".lightning"), kind, "stage.out_dir")
+    key, run_dir = run_dir_of(cfg)
+    ownership.check_ours(run_dir, "run", key)
+
+
 def precheck(cfg: Any) -> None:
-    """The artifact checks of the stages whose modules are slow to import (Lightning, PEFT, datasets: seconds),
-    run by call_stage before the import, so a missing teacher is reported at once. The stages repeat them."""
+    """The output checks of every stage (check_outputs), then the artifact checks of the stages whose modules are
+    slow to import (Lightning, PEFT, datasets: seconds), run by call_stage before the import, so a missing teacher
+    is reported at once. The stages repeat them."""
     from d3llm_pipeline.config.schema import ModelConfig, load_section
     from d3llm_pipeline.config.stage_schemas import STAGE_SCHEMAS
 
+    check_outputs(cfg)
     name = cfg.stage.name
     if name == "distill":
         stage = load_section(cfg.stage, STAGE_SCHEMAS[name], "stage")
         if not stage.dry_run:  # a dry run reads the teacher's shape only (it may be a preset not downloaded)
-            check_distill_io(stage)
+            check_distill_io(stage, str(cfg.model.family))
     elif name == "trajectory":
         from d3llm_pipeline.models.families import get_family  # (no torch import)
 

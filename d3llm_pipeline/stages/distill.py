@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -28,7 +27,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
-from d3llm_pipeline import artifacts
+from d3llm_pipeline import artifacts, ownership
 from d3llm_pipeline.config.schema import ArithTaskConfig, DecodeConfig, DistillConfig, load_section
 from d3llm_pipeline.config.stage_schemas import DistillStageConfig
 from d3llm_pipeline.config.task_schema import PromptSetTaskConfig, load_task
@@ -93,11 +92,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         return dry_run(cfg, stage, distill, task, _world_size(cfg))
     threads = setup_run(cfg)
     out_dir = Path(stage.out_dir)
-    check_distill_io(stage)  # teacher, trajectories and out_dir, before anything is loaded
+    check_distill_io(stage, str(cfg.model.family))  # teacher, trajectories and out_dir, before anything is loaded
     identity = student_identity(cfg, stage, distill)
     ways_out = ("retrain it there with stage.overwrite=true, or distil into another dir with "
                 "paths.student_dir=<dir> (stage.out_dir=<dir>)")
     lead = launcher_rank() == 0  # a process Lightning's ddp / fsdp re-launched for another device: no artifact I/O
+    if lead:  # never distil over what we did not make (the dir, or a resume dir beside it)
+        ownership.check_ours(out_dir, "student", "stage.out_dir")
+        ownership.check_ours(out_dir.with_name(out_dir.name + ".lightning"), "student", "stage.out_dir")
     if lead and not stage.overwrite and artifacts.reusable(out_dir / "merged", "student", identity, ways_out,
                                                            SUMMARY_FILE):
         log.info("student already distilled at %s with these settings; reusing it (stage.overwrite=true retrains)",
@@ -113,7 +115,7 @@ def _distill(cfg: DictConfig, stage: DistillStageConfig, distill: DistillConfig,
     ckpt_dir = out_dir.with_name(out_dir.name + ".lightning")
     lead = launcher_rank() == 0
     if lead and stage.overwrite:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        ownership.remove_ours(ckpt_dir, "student", "stage.out_dir")
     elif lead and stage.resume and (ckpt_dir / "last.ckpt").is_file():  # on any number of devices (WORLD_KEYS)
         artifacts.check_same(ckpt_dir, "unfinished distillation run", identity,
                              "resume it with its own settings, or start over with stage.overwrite=true",
@@ -162,6 +164,7 @@ def _distill(cfg: DictConfig, stage: DistillStageConfig, distill: DistillConfig,
              max_steps, stage.epochs, steps_per_epoch, threads, f", resuming {ckpt_path}" if ckpt_path else "")
 
     if lead:
+        ownership.claim(out_dir, "student", "stage.out_dir")
         artifacts.write_identity(ckpt_dir, "student", identity)  # what the resume checkpoints belong to
     start = time.perf_counter()
     with isolated_sweep_job():  # ddp / fsdp in a Hydra multirun: extra processes re-run this job alone
@@ -185,7 +188,7 @@ def _distill(cfg: DictConfig, stage: DistillStageConfig, distill: DistillConfig,
         artifacts.write_identity(merged, "student", identity)
         atomic_write_json(merged / SUMMARY_FILE, summary)  # written last: its presence means "finished"
         atomic_write_json(Path(output_dir_of(cfg)) / "metrics.json", summary)
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        ownership.remove_ours(ckpt_dir, "student", "stage.out_dir")
     log.info("distill: %d steps in %.0f s (val/accuracy %s) -> %s", max_steps, wall,
              summary["final_metrics"].get("val/accuracy"), out_dir)
     return summary

@@ -19,6 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from d3llm_pipeline import ownership
 from d3llm_pipeline.config.schema import ModelConfig, load_section
 from d3llm_pipeline.config.stage_schemas import ExportStageConfig
 from d3llm_pipeline.models.families import family_of, get_family
@@ -26,7 +27,7 @@ from d3llm_pipeline.models.families.base import torch_dtype
 from d3llm_pipeline.models.families.export import export_model
 from d3llm_pipeline.runtime import atomic_write_json
 from d3llm_pipeline.stages import output_dir_of
-from d3llm_pipeline.stages.checks import TEACHER_CMD, require_writable
+from d3llm_pipeline.stages.checks import model_cmd, require_writable
 from d3llm_pipeline.stages.common import setup_run
 
 log = logging.getLogger(__name__)
@@ -37,10 +38,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     model = load_section(cfg.model, ModelConfig, "model")
     setup_run(cfg)
     require_writable(stage.out_dir, "stage.out_dir")
+    ownership.check_ours(stage.out_dir, "export", "stage.out_dir")  # before the (long) load
     # the checkpoint's own family when its config.json says (a student dir of a real family), else model.family
     family = family_of(stage.model_path) or get_family(model.family)
-    lm, tokenizer = family.load_checked(stage.model_path, "stage.model_path", TEACHER_CMD, dtype=model.dtype,
-                                        device="cpu")
+    lm, tokenizer = family.load_checked(stage.model_path, "stage.model_path", model_cmd(stage.model_path),
+                                        dtype=model.dtype, device="cpu")
     weights: Any = lm
     if stage.adapter:
         from peft import PeftModel

@@ -16,24 +16,15 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from d3llm_pipeline.config.schema import ArithTaskConfig, ModelConfig, load_section
+from d3llm_pipeline.config.schema import load_section
 from d3llm_pipeline.config.stage_schemas import PipelineStageConfig
 from d3llm_pipeline.reporting.aggregate import build_report, collect_runs, leaderboard, write_report
 from d3llm_pipeline.reporting.wandb_report import log_report
 from d3llm_pipeline.runtime import atomic_write_text
 from d3llm_pipeline.stages import output_dir_of
-from d3llm_pipeline.stages.steps import run_step
+from d3llm_pipeline.stages.steps import check_step, run_step, teacher_step
 
 log = logging.getLogger(__name__)
-
-
-def check_teacher(cfg: DictConfig) -> None:
-    """A real family's teacher step: nothing to train, but model.path must hold a usable checkpoint."""
-    from d3llm_pipeline.stages.common import check_model
-
-    check_model(load_section(cfg.model, ModelConfig, "model"), load_section(cfg.task, ArithTaskConfig, "task"))
-    log.info("pipeline: model.family=%s, so the teacher step reuses the checkpoint at %s (stage=teacher trains "
-             "only the tiny family)", cfg.model.family, cfg.model.path)
 
 
 def sweep_model(cfg: DictConfig, model: str) -> list[str]:
@@ -54,10 +45,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     stage = load_section(cfg.stage, PipelineStageConfig, "stage")
     out_dir = Path(output_dir_of(cfg))
     tiny = cfg.model.family == "tiny"
-    if tiny:
-        run_step(cfg, out_dir, "teacher", "stage=teacher")
-    else:  # stage=teacher trains the tiny family only: a real family's teacher is the checkpoint at model.path
-        check_teacher(cfg)
+    for step in ("teacher", "trajectory", "distill")[0 if tiny else 1:]:  # every dir they write: new or ours
+        check_step(cfg, out_dir, step, f"stage={step}")
+    teacher_step(cfg, out_dir)
     run_step(cfg, out_dir, "trajectory", "stage=trajectory")
     run_step(cfg, out_dir, "distill", "stage=distill")
     for model, decoders in (("tiny", stage.teacher_decoders), ("student", stage.student_decoders)):

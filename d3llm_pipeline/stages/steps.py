@@ -44,23 +44,40 @@ def step_extras(cfg: DictConfig, step: str) -> list[str]:
     return [*(cfg.get("step_defaults") or {}).get(step, []), *cfg.stage.get("step_overrides", {}).get(step, [])]
 
 
-def run_step(cfg: DictConfig, out_dir: Path, name: str, *overrides: str,
-             base: list[str] | None = None, reuse_eval: bool = False) -> dict[str, Any]:
-    """Compose and run `overrides` (the first is "stage=<step>") on top of `base` (default: user_overrides).
-
-    reuse_eval: a stage=eval step whose dir already holds a metrics.json of the same request (model weights, seed,
-    decode / task / stage settings: artifacts.eval_request) returns it instead of decoding again.
-    """
+def compose_step(cfg: DictConfig, out_dir: Path, name: str, *overrides: str,
+                 base: list[str] | None = None) -> DictConfig:
+    """The config of one step (run_step's), validated: `overrides` (the first is "stage=<step>") on top of `base`
+    (default: user_overrides), then the step's extras, writing into `<out_dir>/<name>`."""
     step = overrides[0].split("=", 1)[1]
-    extra = step_extras(cfg, step)
     base = user_overrides(cfg) if base is None else base
-    sub = compose(config_name="config", overrides=[*base, *overrides, *extra, f"+output_dir={out_dir / name}"])
-    chosen = [o for o in base if o.lstrip("+~").startswith("experiment=")]
-    log.info("%s: %s -> %s", cfg.stage.name, " ".join([*overrides, *chosen]), out_dir / name)
+    sub = compose(config_name="config", overrides=[*base, *overrides, *step_extras(cfg, step),
+                                                   f"+output_dir={out_dir / name}"])
     try:  # a step's own overrides (stage.step_overrides) get the whole-config rules too, before it starts
         validate_config(sub)
     except ConfigError as err:
         raise ConfigError(f"stage={cfg.stage.name}, step {name} ({' '.join(overrides)}): {err}") from None
+    return sub
+
+
+def check_step(cfg: DictConfig, out_dir: Path, name: str, *overrides: str, base: list[str] | None = None) -> None:
+    """Before a pipeline / ablation runs anything: the step's config is valid and every dir it will write is new or
+    ours (checks.check_outputs), so a foreign dir met by a late step stops the run before hours of earlier steps."""
+    from d3llm_pipeline.stages.checks import check_outputs
+
+    check_outputs(compose_step(cfg, out_dir, name, *overrides, base=base))
+
+
+def run_step(cfg: DictConfig, out_dir: Path, name: str, *overrides: str,
+             base: list[str] | None = None, reuse_eval: bool = False) -> dict[str, Any]:
+    """Compose (compose_step) and run one step.
+
+    reuse_eval: a stage=eval step whose dir already holds a metrics.json of the same request (model weights, seed,
+    decode / task / stage settings: artifacts.eval_request) returns it instead of decoding again.
+    """
+    sub = compose_step(cfg, out_dir, name, *overrides, base=base)
+    step = overrides[0].split("=", 1)[1]
+    chosen = [o for o in (user_overrides(cfg) if base is None else base) if o.lstrip("+~").startswith("experiment=")]
+    log.info("%s: %s -> %s", cfg.stage.name, " ".join([*overrides, *chosen]), out_dir / name)
     if reuse_eval and step == "eval" and (out_dir / name / "metrics.json").is_file():
         done = json.loads((out_dir / name / "metrics.json").read_text())
         if done.get("request") == artifacts.eval_request(sub):
@@ -70,3 +87,18 @@ def run_step(cfg: DictConfig, out_dir: Path, name: str, *overrides: str,
         return call_stage(sub)
     finally:
         finish_wandb()  # a step's wandb run must not swallow the next step's (or the final report's) logs
+
+
+def teacher_step(cfg: DictConfig, out_dir: Path) -> None:
+    """The teacher step of stage=pipeline / stage=ablation: stage=teacher trains the tiny family; a real family's
+    teacher is the checkpoint at model.path, used as it is (checked here, never trained over)."""
+    if cfg.model.family == "tiny":
+        run_step(cfg, out_dir, "teacher", "stage=teacher")
+        return
+    from d3llm_pipeline.config.schema import ModelConfig, load_section
+    from d3llm_pipeline.config.task_schema import load_task
+    from d3llm_pipeline.stages.common import check_model
+
+    check_model(load_section(cfg.model, ModelConfig, "model"), load_task(cfg.task))
+    log.info("%s: model.family=%s, so the teacher step uses the checkpoint at %s as it is (stage=teacher trains "
+             "only the tiny family)", cfg.stage.name, cfg.model.family, cfg.model.path)

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -26,7 +24,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
-from d3llm_pipeline import artifacts
+from d3llm_pipeline import artifacts, ownership
 from d3llm_pipeline.config.schema import ArithTaskConfig, DecodeConfig, ModelConfig, load_section
 from d3llm_pipeline.config.stage_schemas import TeacherStageConfig
 from d3llm_pipeline.config.task_schema import task_identity
@@ -60,15 +58,12 @@ def teacher_identity(cfg: DictConfig, stage: TeacherStageConfig, task: ArithTask
 
 def _publish(module: DiffusionSFTModule, tokenizer, final: Path, summary: dict[str, Any],
              identity: dict[str, Any]) -> None:
-    """Write the HF checkpoint into a temp dir, then swap it in, so model.path is never half-written."""
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_tiny_teacher(module.lm, tokenizer, tmp)
-    artifacts.write_identity(tmp, "teacher", identity)
-    atomic_write_json(tmp / SUMMARY_FILE, summary)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    """Write the HF checkpoint into a temp dir, then swap it in (replacing only a teacher of ours), so model.path
+    is never half-written."""
+    with ownership.staged(final, "teacher", "stage.out_dir") as tmp:
+        save_tiny_teacher(module.lm, tokenizer, tmp)
+        artifacts.write_identity(tmp, "teacher", identity)
+        atomic_write_json(tmp / SUMMARY_FILE, summary)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -78,6 +73,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     val_decode = load_section(cfg.decode, DecodeConfig, "decode")
     threads = setup_run(cfg)
     final = Path(stage.out_dir)
+    ownership.check_ours(final, "teacher", "stage.out_dir")  # never train over what we did not make
     identity = teacher_identity(cfg, stage, task, model_cfg)
     ways_out = "retrain it there with stage.overwrite=true, or train into another dir with model.path=<dir>"
     if not stage.overwrite and artifacts.reusable(final, "teacher", identity, ways_out, SUMMARY_FILE):
@@ -95,7 +91,7 @@ def _train(cfg: DictConfig, stage: TeacherStageConfig, task: ArithTaskConfig, mo
     out_dir = Path(output_dir_of(cfg))
     ckpt_dir = final.with_name(final.name + ".lightning")
     if stage.overwrite:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        ownership.remove_ours(ckpt_dir, "teacher", "stage.out_dir")
     elif stage.resume and (ckpt_dir / "last.ckpt").is_file():
         artifacts.check_same(ckpt_dir, "unfinished teacher run", identity,
                              "resume it with its own settings, or start over with stage.overwrite=true")
@@ -125,6 +121,7 @@ def _train(cfg: DictConfig, stage: TeacherStageConfig, task: ArithTaskConfig, mo
     log.info("teacher: %.2f M parameters, %d steps of batch %d, %d threads", n_params / 1e6, stage.max_steps,
              stage.batch_size, threads)
 
+    ownership.check_ours(ckpt_dir, "teacher", "stage.out_dir")
     artifacts.write_identity(ckpt_dir, "teacher", identity)  # what the resume checkpoints belong to
     start = time.perf_counter()
     with isolated_sweep_job():  # ddp / fsdp in a Hydra multirun: extra processes re-run this job alone
@@ -148,7 +145,7 @@ def _train(cfg: DictConfig, stage: TeacherStageConfig, task: ArithTaskConfig, mo
     }
     _publish(module, tokenizer, final, summary, identity)
     atomic_write_json(out_dir / "metrics.json", summary)
-    shutil.rmtree(ckpt_dir, ignore_errors=True)  # the published HF checkpoint is the product now
+    ownership.remove_ours(ckpt_dir, "teacher", "stage.out_dir")  # the published checkpoint is the product
     log.info("teacher: %d steps in %.0f s (val/accuracy %s) -> %s", stage.max_steps, wall,
              metrics.get("val/accuracy"), final)
     return summary

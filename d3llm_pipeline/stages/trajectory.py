@@ -28,7 +28,7 @@ from typing import Any
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from d3llm_pipeline import artifacts
+from d3llm_pipeline import artifacts, ownership
 from d3llm_pipeline.config.schema import ArithTaskConfig, ModelConfig, load_section
 from d3llm_pipeline.config.stage_schemas import TrajectoryStageConfig
 from d3llm_pipeline.config.task_schema import PromptSetTaskConfig, task_identity
@@ -82,14 +82,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     directory = store.shard_dir(out_dir, stage.shard, stage.num_shards)
     config = _run_fingerprint(model_cfg, task, spec, stage)
     fp = artifacts.fingerprint(config)
-    if stage.overwrite:
+    ownership.claim(out_dir, "trajectories", "stage.out_dir")  # never label into what we did not make
+    if stage.overwrite:  # (a shard dir inside our claimed trajectory dir)
         shutil.rmtree(directory, ignore_errors=True)
     store.write_run_info(directory, {"fingerprint": fp, "shard": stage.shard, "num_shards": stage.num_shards,
                                      "layout": [list(ids) for ids in layout], "config": config})
 
     pending = [(c, ids) for c, ids in enumerate(layout) if store.chunk_status(directory, c, fp, ids) == "missing"]
     if pending and layout:
-        shutil.rmtree(out_dir / "merged", ignore_errors=True)  # any new chunk makes an old merge stale
+        ownership.remove_ours(out_dir / "merged", "trajectories", "stage.out_dir")  # any new chunk: the merge is stale
     log.info("trajectory shard %d/%d: samples %d..%d, %d of %d chunks to do -> %s", stage.shard, stage.num_shards,
              start, end - 1, len(pending), len(layout), directory)
     n_pending = sum(hi - lo for _, (lo, hi) in pending)
@@ -148,6 +149,7 @@ def run_merge(cfg: DictConfig) -> dict[str, Any]:
 
     stage = load_section(cfg.stage, TrajectoryMergeStageConfig, "stage")
     require_writable(stage.out_dir, "stage.out_dir")
+    ownership.check_ours(stage.out_dir, "trajectories", "stage.out_dir")
     merged = store.merge_shards(stage.out_dir)
     summary = {"stage": "trajectory_merge", "out_dir": stage.out_dir, "rows": len(merged),
                "correct_fraction": sum(merged["is_correct"]) / max(1, len(merged))}

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import datasets
 from omegaconf import DictConfig
 
+from d3llm_pipeline import ownership
 from d3llm_pipeline.artifacts import fingerprint
 from d3llm_pipeline.config.schema import ConfigError, PipelineError, first_line, load_section
 from d3llm_pipeline.config.stage_schemas import TrajectoryImportStageConfig
@@ -47,6 +47,7 @@ def load_source(source: str, split: str) -> datasets.Dataset:
 def run(cfg: DictConfig) -> dict[str, Any]:
     stage = load_section(cfg.stage, TrajectoryImportStageConfig, "stage")
     require_writable(stage.out_dir, "stage.out_dir")
+    ownership.check_ours(stage.out_dir, "trajectories", "stage.out_dir")
     try:
         source = load_source(stage.source, stage.split)
         if stage.limit is not None:
@@ -58,15 +59,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise PipelineError(f"stage.source={stage.source} is not a readable d3LLM trajectory dataset "
                             f"({type(err).__name__}: {first_line(err)}); point it at a save_to_disk or parquet "
                             "copy of d3LLM/trajectory_data_*") from err
-    out = Path(stage.out_dir)
-    tmp = out / ".merged.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    converted.save_to_disk(str(tmp))
+    out = ownership.claim(stage.out_dir, "trajectories", "stage.out_dir")
     fp = fingerprint({"imported": stage.source, "split": stage.split, "limit": stage.limit,
                       "mask_token_id": stage.mask_token_id})
-    atomic_write_json(tmp / "merge.json", {"fingerprint": fp, "rows": len(converted), "source": stage.source})
-    shutil.rmtree(out / "merged", ignore_errors=True)
-    os.replace(tmp, out / "merged")
+    with ownership.staged(out / "merged", "trajectories", "stage.out_dir") as tmp:
+        converted.save_to_disk(str(tmp))
+        atomic_write_json(tmp / "merge.json", {"fingerprint": fp, "rows": len(converted), "source": stage.source})
     summary = {"stage": "trajectory_import", "source": stage.source, "rows": len(converted),
                "out_dir": str(out), "correct_fraction": sum(converted["is_correct"]) / max(1, len(converted))}
     atomic_write_json(Path(output_dir_of(cfg)) / "metrics.json", summary)

@@ -17,9 +17,11 @@ configuration ("foreign") or a parquet whose hash differs ("corrupt") is an erro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ import datasets
 
 from d3llm_pipeline.artifacts import file_sha256
 from d3llm_pipeline.config.schema import PipelineError
+from d3llm_pipeline.ownership import remove_ours, write_marker
 from d3llm_pipeline.runtime import atomic_write_json
 
 INT_LIST = datasets.List(datasets.Value("int32"))
@@ -144,23 +147,24 @@ def merge_shards(out_dir: str | Path) -> datasets.Dataset:
         layout = [tuple(ids) for ids in info["layout"]]
         parts.append(read_shard(shard_dir(out_dir, info["shard"], num_shards), fp, layout))
     merged = datasets.concatenate_datasets(parts)
-    # Per-process temp dir: parallel jobs (a distill sweep) may merge the same shards at once; the first rename
-    # wins and the others discard their identical copy.
-    tmp = out_dir / f".merged.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    merged.save_to_disk(str(tmp))
-    info = {"fingerprint": fp, "rows": len(merged), "num_shards": num_shards}
-    atomic_write_json(tmp / "merge.json", info)
+    # Per-process temp dir (mkdtemp: never someone else's): parallel jobs (a distill sweep) may merge the same
+    # shards at once; the first rename wins and the others discard their identical copy.
+    tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".merged.", suffix=".tmp"))
     final = out_dir / "merged"
     try:
-        current = json.loads((final / "merge.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        current = None
-    if current != info:
-        shutil.rmtree(final, ignore_errors=True)  # an unfinished or stale merge
-    try:
-        os.replace(tmp, final)
-    except OSError:  # another job's merge landed first (a non-empty dir cannot be replaced)
+        merged.save_to_disk(str(tmp))
+        info = {"fingerprint": fp, "rows": len(merged), "num_shards": num_shards}
+        atomic_write_json(tmp / "merge.json", info)
+        write_marker(tmp, "trajectories")
+        try:
+            current = json.loads((final / "merge.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            current = None
+        if current != info:  # a stale merge of ours (anything else there raises and stays)
+            remove_ours(final, "trajectories", "stage.out_dir")
+        with contextlib.suppress(OSError):  # another job's merge landed first (a non-empty dir stays)
+            os.replace(tmp, final)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return datasets.load_from_disk(str(final))
 

@@ -17,7 +17,6 @@ tensors bit for bit (tests/test_export.py); a merged LoRA student differs only i
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 
 import torch
 
+from d3llm_pipeline import ownership
 from d3llm_pipeline.config.schema import PipelineError
 from d3llm_pipeline.models.adapter import HFDiffusionAdapter
 from d3llm_pipeline.models.families import checkpoint
@@ -51,36 +51,40 @@ def native_state(model: Any) -> Mapping[str, torch.Tensor]:
 
 
 def export_official(model: Any, family: Family, source: str | Path, out_dir: str | Path,
-                    key: str = "stage.source_path", dtype: torch.dtype | None = None) -> Path:
+                    key: str = "stage.source_path", dtype: torch.dtype | None = None,
+                    out_key: str = "stage.out_dir") -> Path:
     """Write `model` (adapter or module of `family`) to `out_dir` in the format of the official dir `source`.
 
     dtype None stores every tensor in config.json's `torch_dtype` (bf16 for released checkpoints), else in the
     dtype the source stores it in; a dtype overrides both (save_student keeps an fp32 student's LoRA deltas below
     bf16's resolution that way; config.json is still copied unchanged).
 
-    Written into a temp dir next to out_dir and renamed into place, so a crash never leaves half a checkpoint.
+    Written into a temp dir next to out_dir and renamed into place, so a crash never leaves half a checkpoint; an
+    existing out_dir is replaced only when it is an export of ours (ownership.py), never a user's checkpoint.
     """
-    source, out_dir = Path(source), Path(out_dir)
+    with ownership.staged(out_dir, "export", out_key) as tmp:
+        write_official(model, family, source, tmp, key, dtype)
+    return Path(out_dir)
+
+
+def write_official(model: Any, family: Family, source: str | Path, dest: Path, key: str = "stage.source_path",
+                   dtype: torch.dtype | None = None) -> None:
+    """export_official's files, written into the existing empty dir `dest` (a temp dir the caller swaps in)."""
+    source = Path(source)
     if family.rename is None:
         raise ValueError(f"model.family={family.name} has no official format to export to (it saves as HF)")
     source, config = checkpoint.check_official(family, source, key)
     state = native_state(model)
     dtype = dtype or CONFIG_DTYPES.get(config.get("torch_dtype"))
     plan = export_plan(family, source, state, key, dtype)
-    tmp = out_dir.with_name(out_dir.name + ".export.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    _write_shards(plan, state, source, tmp)
+    _write_shards(plan, state, source, dest)
     for name in COPIED:
         if (source / name).is_file():
-            shutil.copy2(source / name, tmp / name)
+            shutil.copy2(source / name, dest / name)
     for code in source.glob("*.py"):  # the official modeling code that config.json's auto_map names
-        shutil.copy2(code, tmp / code.name)
-    if json.loads((tmp / "config.json").read_text()) != config:  # copied, never re-serialised
+        shutil.copy2(code, dest / code.name)
+    if json.loads((dest / "config.json").read_text()) != config:  # copied, never re-serialised
         raise RuntimeError(f"config.json of {source} changed while exporting")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
-    return out_dir
 
 
 def export_plan(family: Family, source: Path, state: Mapping[str, torch.Tensor], key: str,
@@ -127,18 +131,15 @@ def _write_shards(plan: dict[str, list[tuple[str, str, torch.dtype]]], state: Ma
 
 
 def export_model(lm: Any, family: Family, source: str | Path, out_dir: str | Path, tokenizer: Any = None,
-                 key: str = "stage.source_path", dtype: torch.dtype | None = None) -> Path:
+                 key: str = "stage.source_path", dtype: torch.dtype | None = None,
+                 out_key: str = "stage.out_dir") -> Path:
     """Official format for real families; the tiny family's format *is* an HF checkpoint (save_pretrained)."""
     if family.rename is not None:
-        return export_official(lm, family, source, out_dir, key, dtype)
+        return export_official(lm, family, source, out_dir, key, dtype, out_key)
     from d3llm_pipeline.models.tiny import save_tiny_teacher
 
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".export.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    if dtype is not None:
-        lm.model.to(dtype)
-    save_tiny_teacher(lm, tokenizer, tmp)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
-    return out_dir
+    with ownership.staged(out_dir, "export", out_key) as tmp:
+        if dtype is not None:
+            lm.model.to(dtype)
+        save_tiny_teacher(lm, tokenizer, tmp)
+    return Path(out_dir)

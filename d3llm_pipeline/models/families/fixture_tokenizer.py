@@ -78,29 +78,30 @@ def words_of(path: str | Path) -> tuple[str, ...]:
 
 def prepare_fixture(src: str | Path, dst: str | Path, chat_template: str | None = None,
                     extra_words: tuple[str, ...] = ()) -> Path:
-    """Copy checkpoint dir `src` to `dst` (replacing it) and save the fixture tokenizer into the copy.
+    """Copy checkpoint dir `src` to `dst` (replacing an earlier copy of ours, never anything else) and save the fixture tokenizer into the copy.
 
     `chat_template` (a Jinja string) is stored in tokenizer_config.json; the arith task then encodes prompts
     through it (tasks/arith.py encode). The reference/ subdir (decode ground truth) is not copied.
     """
+    from d3llm_pipeline import ownership
+
     src, dst = Path(src), Path(dst)
-    if dst.exists():
-        shutil.rmtree(dst)
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("reference"))
-    for f in dst.iterdir():  # the shared fixture is read-only; the copy must be writable (reruns replace it)
-        f.chmod(0o644)
-    dst.chmod(0o755)
-    tok = build_fixture_tokenizer(json.loads((dst / "config.json").read_text()), extra_words)
-    if chat_template is not None:
-        tok.chat_template = chat_template
-    tok.save_pretrained(str(dst))
+    with ownership.staged(dst, "fixture", "dst") as tmp:  # replaces only a fixture copy of ours
+        shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("reference"), dirs_exist_ok=True)
+        for f in tmp.iterdir():  # the shared fixture is read-only; the copy must be writable (reruns replace it)
+            f.chmod(0o644)
+        tmp.chmod(0o755)
+        tok = build_fixture_tokenizer(json.loads((tmp / "config.json").read_text()), extra_words)
+        if chat_template is not None:
+            tok.chat_template = chat_template
+        tok.save_pretrained(str(tmp))
     return dst
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("src", help="official-format checkpoint dir without a tokenizer (read only)")
-    parser.add_argument("dst", help="where the copy with the tokenizer goes (replaced if it exists)")
+    parser.add_argument("dst", help="where the copy with the tokenizer goes (an earlier copy there is replaced)")
     parser.add_argument("--words-from", action="append", default=[], metavar="FILE",
                         help="also add every word of this text / JSONL file (repeatable)")
     args = parser.parse_args(argv)
