@@ -13,27 +13,26 @@ help:  ## list the targets
 setup:  ## create .venv and install the package (editable) with dev extras; torch is the pinned CPU wheel
 	python3 -m venv .venv && $(PIP) install -q --upgrade pip && $(PIP) install -q -e '.[dev]'
 
-test: lint  ## lint, then the test suite (offline, CPU, excludes tests marked slow)
-	$(PY) -m pytest -m "not slow" -q
+test: lint  ## lint, then the test suite (offline, CPU, excludes tests marked slow); prints the 15 slowest tests
+	$(PY) -m pytest -m "not slow" -q --durations=15
 
 test-all:  ## run every test, slow ones included
 	$(PY) -m pytest -q
 
-test-gpu:  ## the CUDA checks (tests/test_gpu.py; they skip without a GPU): fixtures, batching, cache, host syncs
+test-gpu:  ## the CUDA checks (tests/gpu/; they skip without a GPU): fixtures, batching, cache, host syncs
 	$(PY) -m pytest -m gpu -q
 
-gpu-prep:  ## for a lent GPU machine: .gpu/ = the wheels its image lacks + the official fixtures (benchmarks/gpu_session.sh)
-	rm -rf .gpu/fixtures && mkdir -p .gpu/whl .gpu/fixtures
+gpu-prep:  ## for a lent GPU machine: .gpu/ = the wheels its image lacks (benchmarks/gpu_session.sh)
+	mkdir -p .gpu/whl
 	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 	    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 	    -d .gpu/whl -r benchmarks/gpu_wheels.txt
 	$(PY) -m pip wheel -q --no-deps -w .gpu/whl antlr4-python3-runtime==4.9.3   # an sdist only: built here
-	cp -r $$($(PY) -c "import sys; sys.path.insert(0, 'tests'); from conftest import OFFICIAL; print(OFFICIAL)") \
-	    .gpu/fixtures/
-	du -sh .gpu   # with the repo it must stay under the 64 MiB a device call carries
+	du -sh .gpu tests/fixtures   # with the repo (its official fixtures: 45 MiB) under the 64 MiB a device call carries
 
-lint:  ## ruff lint (pyflakes, pycodestyle, isort, pyupgrade, bugbear); make test runs it first, so CI does
+lint:  ## ruff (pyflakes, pycodestyle, isort, pyupgrade, bugbear) + import contracts (layers, no cycles, pure core)
 	$(PY) -m ruff check d3llm_pipeline tests benchmarks
+	$(dir $(PY))lint-imports --no-cache
 
 teacher:  ## train the embedded tiny teacher (4,800 steps, ~11 min on 2 idle CPU cores)
 	$(PY) -m d3llm_pipeline stage=teacher

@@ -67,7 +67,7 @@ def load_model(args) -> tuple[HFDiffusionAdapter, torch.Tensor]:
     from d3llm_pipeline.tasks import arith
     from d3llm_pipeline.tasks.tokenizer import build_tokenizer
 
-    problems = arith.make_splits(arith.ArithConfig(n_train=1, n_val=1, n_test=args.prompts))["test"]
+    problems = arith.ArithTask(n_train=1, n_val=1, n_test=args.prompts).problems("test")
     if args.teacher:
         if not (Path(args.teacher) / "config.json").is_file():
             raise SystemExit(f"--teacher {args.teacher} holds no checkpoint (run `make teacher` first)")

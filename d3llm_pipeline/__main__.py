@@ -25,7 +25,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 import d3llm_pipeline.config  # noqa: E402,F401  (registers the ${cwd:} and ${per_job:} resolvers)
 from d3llm_pipeline.config.preflight import check_command_line, is_plain  # noqa: E402
-from d3llm_pipeline.config.schema import PipelineError  # noqa: E402
+from d3llm_pipeline.errors import PipelineError  # noqa: E402
 from d3llm_pipeline.stages import full_error_requested, run_stage  # noqa: E402
 
 # conf/ at the repo's top level, reached through the package's `conf` link (a wheel holds a copy in its place)

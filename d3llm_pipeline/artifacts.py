@@ -24,9 +24,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from d3llm_pipeline.config.schema import ConfigError, PipelineError
+from d3llm_pipeline.errors import ConfigError, PipelineError
+from d3llm_pipeline.fileio import atomic_write_json
 from d3llm_pipeline.ownership import ARTIFACT_FILE
-from d3llm_pipeline.runtime import atomic_write_json
 
 
 def fingerprint(config: dict[str, Any]) -> str:
@@ -88,7 +88,7 @@ def model_fingerprint(path: str | Path) -> str:
 
 
 # decode.* keys added after evals were first reused, with the value every earlier eval had
-ADDED_DECODE_KEYS = {"compile": False, "temperature": 0.0, "seed": 0}
+ADDED_DECODE_KEYS = {"compile": False, "temperature": 0.0, "seed": 0, "max_forwards": None}
 
 
 def eval_request(cfg: Any, model_fp: str | None = None) -> str:

@@ -1,9 +1,9 @@
-"""Decode a list of task problems with any decoder and grade them: per-sample records + summary numbers.
+"""Decode a list of a task's problems with any decoder and grade them: per-sample records + summary numbers.
 
 Shared by stage=eval (stages/evaluate.py) and the training stages' validation (training/fit.py), so neither
-imports the other.
+imports the other. The task (tasks/base.py) encodes the prompts, reads the outputs back and grades them.
 
-    records, summary = evaluate_problems(lm, tokenizer, problems, spec, prompt_length=24, batch_size=64)
+    records, summary = evaluate_problems(lm, tokenizer, problems, spec, task, batch_size=64)
     summary["accuracy"], summary["tpf"]
 
 TPF follows d3LLM: tokens before the first EOS (EOS and what follows are not counted), summed over samples,
@@ -19,16 +19,16 @@ import torch
 from tqdm.auto import tqdm
 
 from d3llm_pipeline.decoding import DecodeSpec, decode, tokens_per_forward
-from d3llm_pipeline.tasks import arith
+from d3llm_pipeline.tasks.base import Task
 
 
 @torch.no_grad()
 def evaluate_problems(
-    lm, tokenizer, problems: list[arith.Problem], spec: DecodeSpec, prompt_length: int, batch_size: int,
-    progress: bool = True,
+    lm, tokenizer, problems: list, spec: DecodeSpec, task: Task, batch_size: int, progress: bool = True,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Decode and grade `problems`; returns per-sample records and the summary numbers."""
-    prompts, _ = arith.encode(problems, tokenizer, prompt_length, spec.gen_length)
+    """Decode and grade `problems` (the task's own); returns per-sample records and the summary numbers."""
+    prompts, _ = task.encode(problems, tokenizer)
+    prompt_length = prompts.shape[1]
     device = next(lm.parameters()).device
     records: list[dict[str, Any]] = []
     nfe_all, tokens_all, forwarded_all = [], [], []
@@ -46,12 +46,12 @@ def evaluate_problems(
         if result.forwarded is not None:
             forwarded_all.append(result.forwarded.cpu())
         for i, problem in enumerate(problems[lo : lo + batch_size]):
-            text = arith.decode_response(gen[i], tokenizer)
+            text = task.read(gen[i], tokenizer)
+            graded = task.grade(text, problem)
             records.append({
                 "prompt": problem.prompt, "output": text, "reference": problem.response,
-                "answer": problem.answer, "predicted": arith.extract_answer(text),
-                "correct": arith.grade_problem(text, problem), "chain_correct": arith.chains_ok(text, problem),
-                "nfe": int(nfe_b[i]), "tokens": int(tokens_b[i]),
+                "answer": problem.answer, "predicted": graded.predicted, "correct": graded.correct,
+                "chain_correct": graded.chain_correct, "nfe": int(nfe_b[i]), "tokens": int(tokens_b[i]),
             })
         bar.update(len(batch))
         bar.set_postfix(acc=f"{sum(r['correct'] for r in records) / len(records):.3f}")
@@ -62,7 +62,7 @@ def evaluate_problems(
     summary = {
         "n": n,
         "accuracy": sum(r["correct"] for r in records) / n,
-        "chain_accuracy": sum(r["chain_correct"] for r in records) / n,
+        "chain_accuracy": sum(bool(r["chain_correct"]) for r in records) / n,
         "total_nfe": int(nfe.sum()),
         "total_tokens": int(tokens.sum()),
         "mean_nfe": float(nfe.float().mean()),

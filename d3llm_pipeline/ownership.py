@@ -9,6 +9,7 @@ the path and the way out, and the path is left untouched. `stage.overwrite=true`
     check_ours(path, "teacher", "stage.out_dir")     # raise unless absent / empty / our teacher (WAY_OUT: the fix)
     claim(path, "run", "output_dir")                 # the same check, then mkdir + marker (kind only)
     remove_ours(path, "teacher", "stage.out_dir")    # rmtree, only after the same check
+    require_writable(path, "stage.out_dir", need_bytes=2**30)   # creatable, writable, room to spare
     with staged(final, "export", "stage.out_dir") as tmp:   # write into a fresh temp dir beside final;
         write_files(tmp)                                    # on success it replaces final (if ours)
 
@@ -29,7 +30,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from d3llm_pipeline.config.schema import PipelineError
+from d3llm_pipeline.errors import PipelineError
 
 ARTIFACT_FILE = "artifact.json"
 # kind of artifact -> the way out named when its path holds something else
@@ -110,7 +111,7 @@ def write_marker(directory: str | Path, kind: str) -> None:
     directory = Path(directory)
     if (directory / ARTIFACT_FILE).is_file():
         return
-    from d3llm_pipeline.runtime import atomic_write_json
+    from d3llm_pipeline.fileio import atomic_write_json
 
     atomic_write_json(directory / ARTIFACT_FILE, {"kind": kind})
 
@@ -157,3 +158,32 @@ def staged(final: str | Path, kind: str, key: str, way_out: str | None = None) -
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _free_bytes(directory: Path) -> int | None:
+    try:
+        return shutil.disk_usage(directory).free
+    except OSError:
+        return None
+
+
+def require_writable(directory: str | Path, key: str, need_bytes: int = 0) -> None:
+    """`directory` exists as a writable dir or can be created (nothing is created here), with room to spare.
+
+    We may run as root, for whom permission bits never deny a write, so what is checked is what stops root too:
+    a path component that is a file, a read-only file system, and free space.
+    """
+    target = Path(directory).absolute()
+    probe = target
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise PipelineError(f"cannot write to {key}={directory}: {probe} is a file, not a directory; point {key} "
+                            "at a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise PipelineError(f"cannot write to {key}={directory}: {probe} is not writable (permissions or a "
+                            f"read-only file system); point {key} at a writable directory")
+    free = _free_bytes(probe)
+    if need_bytes and free is not None and free < need_bytes:
+        raise PipelineError(f"cannot write to {key}={directory}: {free / 2**20:.0f} MiB free on its file system, "
+                            f"about {need_bytes / 2**20:.0f} MiB needed; free some space or point {key} elsewhere")

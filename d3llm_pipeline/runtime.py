@@ -1,21 +1,19 @@
-"""Run-time plumbing shared by all stages: thread choice, output dir, atomic writes, provenance (git SHA, versions).
+"""Run-time plumbing shared by all stages: thread choice, device, output dir, provenance (git SHA, versions).
 
     threads = configure_threads("auto")      # 2 on an idle 2-core machine, 1 when the other core is busy
-    atomic_write_json(out_dir / "metrics.json", metrics)
+    provenance(threads)                      # git SHA, library versions, machine load, threads (every metrics.json)
 """
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from d3llm_pipeline.config.schema import ConfigError
+from d3llm_pipeline.errors import ConfigError
 
 
 def _cpu_times(stat_text: str) -> tuple[int, int]:
@@ -66,6 +64,21 @@ def configure_threads(setting: int | str) -> int:
     return threads
 
 
+def resolve_device(setting: str):
+    """`device=auto` picks CUDA when present; an explicit CUDA device on a CPU-only machine is an error."""
+    import torch
+
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(setting)
+    except RuntimeError:
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {setting!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={setting} but no CUDA device is visible; use device=cpu (or auto)")
+    return device
+
+
 def output_dir_of(cfg: Any) -> str:
     """The Hydra job's output dir (or cfg.output_dir when a test or an enclosing stage sets it)."""
     if cfg.get("output_dir"):
@@ -73,26 +86,6 @@ def output_dir_of(cfg: Any) -> str:
     from hydra.core.hydra_config import HydraConfig
 
     return HydraConfig.get().runtime.output_dir
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write via a temp file in the same directory + rename, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: str | Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def git_sha() -> str | None:

@@ -18,21 +18,25 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+import d3llm_pipeline.config  # noqa: E402,F401  (the schemas and resolvers every compose of conf/ needs)
+
 torch.set_num_threads(1)
-CONF = Path(__file__).resolve().parents[1] / "conf"
+ROOT = Path(__file__).resolve().parents[1]  # the checkout
+CONF = ROOT / "conf"
 
 
-def official_fixtures() -> Path | None:
-    """The official-format fixture dir: $D3LLM_OFFICIAL_FIXTURES, or shared/ inside or next to the checkout (CI
-    lays a copy of shared/ beside its clone)."""
-    root = Path(__file__).resolve().parents[1]
-    candidates = [os.environ.get("D3LLM_OFFICIAL_FIXTURES", ""), root / "shared" / "fixtures" / "official",
-                  root.parent / "shared" / "fixtures" / "official"]
-    return next((Path(c) for c in candidates if c and (Path(c) / "llada_tiny" / "config.json").is_file()), None)
+def official_fixtures() -> Path:
+    """The official-format fixtures (LLaDA / Dream tiny checkpoints and what the official code computed on them): the
+    copy in tests/fixtures/official/ (its README says where they come from), or $D3LLM_OFFICIAL_FIXTURES. They
+    ship with the repository, so a missing dir fails the suite: the parity tests never skip."""
+    where = Path(os.environ.get("D3LLM_OFFICIAL_FIXTURES") or Path(__file__).resolve().parent / "fixtures" / "official")
+    if not (where / "llada_tiny" / "config.json").is_file() or not (where / "dream_tiny" / "config.json").is_file():
+        raise pytest.UsageError(f"the official-format fixtures are missing from {where} (llada_tiny/, dream_tiny/); "
+                                "restore tests/fixtures/official from git, or point D3LLM_OFFICIAL_FIXTURES at a copy")
+    return where
 
 
 OFFICIAL = official_fixtures()
-needs_official = pytest.mark.skipif(OFFICIAL is None, reason="official-format fixtures (shared/fixtures/official) absent")
 
 
 def compose_at(root: Path, *overrides: str):
@@ -84,6 +88,11 @@ def cli_in_process(root: Path, *args: str, env: dict[str, str] | None = None) ->
             cli(list(args))
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
+    except Exception:  # noqa: BLE001 - an uncaught error: what the real CLI prints (a traceback) and exits 1 with
+        import traceback
+
+        err.write(traceback.format_exc())
+        code = 1
     finally:
         os.chdir(cwd)
         for key, value in saved_env.items():

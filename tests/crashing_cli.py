@@ -2,7 +2,7 @@
 $D3LLM_TEST_CRASH_AT on every rank, leaving its last checkpoint behind as a killed multi-process job would.
 
 A script, not `python -c`, because Lightning's ddp / fsdp launcher re-runs sys.argv once per extra device: every
-rank then crashes at the same step. Used by tests/test_fsdp_cpu.py.
+rank then crashes at the same step. Used by tests/e2e/test_fsdp_cpu.py.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""Config schemas (schema.py) and the OmegaConf resolvers our YAML files use.
+"""The config layer: schemas (schema.py, stage_schemas.py; registered with Hydra by store.py), whole-config
+validation (validate.py), the command line's pre-flight (preflight.py), decode presets (decode_presets.py), and the
+OmegaConf resolvers our YAML files use (here, registered on import):
+
+`${decode_default:<key>[,<fallback>]}`: a decode knob's value for the model preset and task (decode_presets.py).
 
 `${cwd:}` is the directory the command was started from. (Hydra's `${hydra:runtime.cwd}` is not available when
 the launcher resolves `hydra.sweep.dir`, so paths must not depend on it.)
@@ -18,9 +22,11 @@ multirun, so one sweep's jobs and its end-of-sweep report sit together on a dash
 import hashlib
 import os
 import re
-from typing import Any
 
 from omegaconf import OmegaConf
+
+from d3llm_pipeline.config.decode_presets import decode_default_resolver
+from d3llm_pipeline.config.store import register as register_schemas
 
 # Overrides that never shape a training artifact and would only clutter its directory name.
 _UNNAMED = ("stage", "threads", "device", "logger", "hydra", "output_dir", "paths", "trainer.enable_progress_bar",
@@ -100,26 +106,6 @@ def _on_gpu(accelerator) -> bool:
     return str(accelerator).lower() in ("gpu", "cuda")
 
 
-def _decode_default(key: str, fallback: Any, *, _root_) -> Any:
-    """${decode_default:<key>,<fallback>}: a decode knob's default for this model and task (method.md §6). In order:
-    the model preset's `decode_table.<task.name>.cache.<key>` (with decode.kv_cache=true: the cache run's
-    settings), `decode_table.<task.name>.<key>`, `decode_defaults.<key>` (GSM8K-CoT, and every task without a row),
-    then `fallback` (the embedded default). A `decode.<key>=` override replaces the whole lookup."""
-    model = _root_.get("model") or {}
-    task = OmegaConf.select(_root_, "task.name", default=None)
-    row = OmegaConf.select(model, f"decode_table.{task}", default=None) if task else None
-    sources = []
-    if row is not None:
-        if OmegaConf.select(_root_, "decode.kv_cache", default=False):
-            sources.append(row.get("cache") or {})
-        sources.append(row)
-    sources.append(model.get("decode_defaults") or {})
-    for source in sources:
-        if key in source:  # present, even as null: refresh_interval null = never refresh
-            return source[key]
-    return fallback
-
-
 def job_device(job_num: int | None, visible_gpus: int) -> str:
     """Multirun job `job_num`'s device on a node with `visible_gpus` GPUs: cuda:<job_num mod visible_gpus>, so N
     parallel shards spread over the GPUs (under Slurm each job sees its own GPU as cuda:0); auto without a GPU or
@@ -148,6 +134,8 @@ if not OmegaConf.has_resolver("cwd"):
 if not OmegaConf.has_resolver("per_job"):
     OmegaConf.register_new_resolver("per_job", _per_job)
 if not OmegaConf.has_resolver("decode_default"):
-    OmegaConf.register_new_resolver("decode_default", _decode_default)
+    OmegaConf.register_new_resolver("decode_default", decode_default_resolver)
+
+register_schemas()  # each group's schema in Hydra's ConfigStore (config/store.py)
 if not OmegaConf.has_resolver("sweep_group"):
     OmegaConf.register_new_resolver("sweep_group", _sweep_group)

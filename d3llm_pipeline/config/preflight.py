@@ -30,8 +30,8 @@ from hydra.errors import (
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from d3llm_pipeline.config.schema import ConfigError, PipelineError
 from d3llm_pipeline.config.validate import TRAINER_RESERVED, validate_config
+from d3llm_pipeline.errors import ConfigError, PipelineError, first_line
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
 GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
@@ -43,9 +43,9 @@ def is_plain(argv: list[str]) -> bool:
 
 
 def _options(conf_dir: Path, group: str, known: list[str] | None) -> list[str]:
-    if known:
-        return sorted(known)
-    return sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
+    """A group's options to choose from (`_`-names are schemas and bases, config/store.py, not options)."""
+    names = known or [p.stem for p in (conf_dir / group).glob("*.yaml")]
+    return sorted(name for name in names if not name.startswith("_"))
 
 
 def _parse_error(err: OverrideParseException) -> ConfigError:
@@ -83,6 +83,11 @@ class _Composer:
 
     def _composition_error(self, err: ConfigCompositionException, overrides: list[str]) -> ConfigError:
         text = str(err)
+        merging = re.match(r"Error merging override (\S+)", text)
+        if merging:  # a value the schema's type rejects (config/schema.py): the key and OmegaConf's reason
+            override = merging.group(1)
+            reason = first_line(err.__cause__) if err.__cause__ is not None else "a value of the wrong type"
+            return ConfigError(f"{override.lstrip('+~').split('=', 1)[0]}: {reason} (in {override!r})")
         found = re.match(r"Could not override '([^']+)'", text)
         if not found:  # e.g. "Multiple values for decode" from +decode=x
             return ConfigError(f"{text.splitlines()[0]}" + (" (drop the '+')" if "Multiple values" in text else ""))
@@ -138,8 +143,7 @@ def _expand_sweep(master: DictConfig, task_overrides: list[str], parser: Overrid
 def _check_output_dir(cfg: DictConfig, key: str) -> None:
     """The run / sweep dir can be written and is new, empty or a run dir of ours (Hydra writes into it before any
     stage code runs, so this is the only place a foreign one can be caught untouched)."""
-    from d3llm_pipeline.ownership import check_ours
-    from d3llm_pipeline.stages.checks import require_writable
+    from d3llm_pipeline.ownership import check_ours, require_writable
 
     try:
         directory = OmegaConf.select(cfg, key, throw_on_resolution_failure=True)

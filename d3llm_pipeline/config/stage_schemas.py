@@ -1,6 +1,9 @@
-"""Typed schemas of each stage's `stage` section (one dataclass per conf/stage/*.yaml) and the registry.
+"""Typed schemas of each stage's `stage` section and their registry: the one place each stage setting's default is
+written (conf/stage/<name>.yaml selects the schema and holds only what differs; config/store.py registers them).
 
-Validated like every section, through `config.schema.load_section`:
+A default that follows another key is written as the interpolation it resolves through (`${model.path}`,
+`${paths.artifacts_dir}/...`); `${per_job:<single>,<root>}` gives each job of a multirun its own dir
+(config/__init__.py). Validated like every section, through `config.schema.load_section`:
 
     stage = load_section(cfg.stage, STAGE_SCHEMAS[cfg.stage.name], "stage")
 """
@@ -12,24 +15,33 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from d3llm_pipeline.config.schema import check, check_counts, check_nonneg
+from d3llm_pipeline.decoding.spec import RULES
+
+# The decode presets a pipeline / ablation / distill sweep names by decoder (conf/decode/<rule>.yaml)
+DECODERS = RULES
 
 
 @dataclass
 class TeacherStageConfig:
     name: str = "teacher"
-    out_dir: str = "outputs/artifacts/teacher"  # where the checkpoint is written (= model.path outside multiruns)
+    # where the checkpoint is written: model.path; under -m each job's own teachers/<job overrides>
+    out_dir: str = "${per_job:${model.path},${paths.artifacts_dir}/teachers}"
+    # optimiser steps (budget by steps): ~10 min on 2 idle cores; with lr 1e-3 the accuracy transition is over by
+    # ~3,000 steps (seeds 0/1 x threads 1/2 gave 99.7-100.0% vanilla on the 1,000 test problems: docs/results.md)
     max_steps: int = 4800
     batch_size: int = 32
+    # AdamW peak. Measured: 1e-3 crosses the transition far earlier than the prototype's 2e-3 (val 56% at step 1,500
+    # vs 78% at 3,200) and 4e-3 is slower still (28% at 2,500)
     lr: float = 1e-3
-    min_lr_ratio: float = 0.1
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     warmup_steps: int = 50
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    val_every: int = 500
+    val_every: int = 500  # steps between validation (loss + accuracy with threshold decoding)
     val_problems: int = 200
-    checkpoint_every: int = 250
-    resume: bool = True
-    overwrite: bool = False
+    checkpoint_every: int = 250  # Lightning checkpoint cadence (resume point)
+    resume: bool = True  # continue from the last Lightning checkpoint of an unfinished run
+    overwrite: bool = False  # a finished teacher at model.path is reused; true retrains from scratch
 
     def __post_init__(self) -> None:
         check(self.max_steps >= 1, f"stage.max_steps must be >= 1, got {self.max_steps}")
@@ -46,7 +58,7 @@ class TeacherStageConfig:
 class EvalStageConfig:
     name: str = "eval"
     split: str = "test"
-    limit: int | None = None  # evaluate only the first N problems (quick runs)
+    limit: int | None = None  # evaluate only the first N problems (quick checks)
 
     def __post_init__(self) -> None:
         check(self.split in ("test", "validation", "train"),
@@ -58,13 +70,14 @@ class EvalStageConfig:
 class TrajectoryStageConfig:
     name: str = "trajectory"
     split: str = "train"
-    n_prompts: int = 4000  # the first N prompts of the split
-    chunk_size: int = 256  # rows per atomically written chunk (the most a crash can cost)
-    num_shards: int = 1
+    n_prompts: int = 4000  # the first N prompts of the split (the distill stage's data)
+    chunk_size: int = 256  # rows per atomically written chunk: the most a crash can cost
+    num_shards: int = 1  # split the prompts into contiguous shards: -m stage.num_shards=2 stage.shard=0,1
     shard: int = 0
-    temperatures: list[float] = field(default_factory=lambda: [0.0])  # one attempt per entry (retries)
-    out_dir: str = "outputs/artifacts/trajectories/tiny-teacher"
-    overwrite: bool = False
+    # one attempt per entry; incorrect samples retry at the next (d3LLM LLaDA: 0.0..0.4)
+    temperatures: list[float] = field(default_factory=lambda: [0.0])
+    out_dir: str = "${paths.artifacts_dir}/trajectories/${model.name}"
+    overwrite: bool = False  # true deletes this shard's chunks first
 
     def __post_init__(self) -> None:
         check(self.split in ("train", "validation", "test"),
@@ -81,7 +94,7 @@ class TrajectoryStageConfig:
 @dataclass
 class TrajectoryMergeStageConfig:
     name: str = "trajectory_merge"
-    out_dir: str = "outputs/artifacts/trajectories/tiny-teacher"
+    out_dir: str = "${paths.artifacts_dir}/trajectories/${model.name}"
 
 
 @dataclass
@@ -89,9 +102,9 @@ class TrajectoryImportStageConfig:
     name: str = "trajectory_import"
     source: str = ""  # a local dataset dir (save_to_disk / parquet) or a Hub id in d3LLM's format
     split: str = "train"
-    mask_token_id: int = 126336  # LLaDA-8B's MASK; Dream's is 151666
-    limit: int | None = None
-    out_dir: str = "outputs/artifacts/trajectories/imported"
+    mask_token_id: int = 126336  # LLaDA-8B-Instruct's MASK; Dream's is 151666
+    limit: int | None = None  # convert only the first N rows
+    out_dir: str = "${paths.artifacts_dir}/trajectories/imported"
 
     def __post_init__(self) -> None:
         check(bool(self.source), "stage.source must name a d3LLM trajectory dataset (a local dir or a Hub id "
@@ -105,15 +118,15 @@ class StudentCompareConfig:
     """How a `-m stage=distill` sweep ends: every student evaluated over a τ sweep and ranked by AUP."""
 
     enabled: bool = True
-    decoders: list[str] = field(default_factory=lambda: ["d3llm"])
-    thresholds: list[float] = field(default_factory=lambda: [0.05, 0.2, 0.5, 1.0, 2.2])
+    decoders: list[str] = field(default_factory=lambda: ["d3llm"])  # one curve per student and decoder
+    thresholds: list[float] = field(default_factory=lambda: [0.05, 0.2, 0.5, 1.0, 2.2])  # entropy τ per curve
     teacher: bool = True  # add the teacher's curve(s) under the same decoders
-    limit: int | None = None  # evaluate only the first N test problems
+    limit: int | None = None  # evaluate only the first N test problems (null = the whole split)
 
     def __post_init__(self) -> None:
-        bad = sorted(set(self.decoders) - {"vanilla", "threshold", "d3llm"})
+        bad = sorted(set(self.decoders) - set(DECODERS))
         check(len(self.decoders) >= 1 and not bad,
-               f"stage.compare.decoders may hold vanilla, threshold, d3llm; got {self.decoders}")
+               f"stage.compare.decoders may hold {', '.join(DECODERS)}; got {self.decoders}")
         check(len(self.thresholds) >= 1 and all(t > 0 for t in self.thresholds),
                f"stage.compare.thresholds must be positive entropy thresholds, got {self.thresholds}")
         check(self.limit is None or self.limit >= 1, f"stage.compare.limit must be >= 1 or null, got {self.limit}")
@@ -122,12 +135,13 @@ class StudentCompareConfig:
 @dataclass
 class DistillStageConfig:
     name: str = "distill"
-    trajectories: str = "outputs/artifacts/trajectories/tiny-teacher"
-    teacher_path: str = "outputs/artifacts/teacher"
-    out_dir: str = "outputs/artifacts/student"
-    epochs: int = 6
+    trajectories: str = "${paths.artifacts_dir}/trajectories/${model.name}"  # written by stage=trajectory
+    teacher_path: str = "${model.path}"
+    # adapter/ + merged/; under -m each job's own students/<job overrides>
+    out_dir: str = "${per_job:${paths.student_dir},${paths.artifacts_dir}/students}"
+    epochs: int = 6  # the window curriculum is per epoch (d3LLM LLaDA: 6)
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 1e-3  # LoRA on a 0.8 M model; d3LLM uses 2e-5 on 8 B
     warmup_steps: int = 20
     min_lr_ratio: float = 1.0  # 1.0 = constant after warm-up (d3LLM LLaDA); < 1 = cosine decay
     weight_decay: float = 0.01
@@ -137,8 +151,12 @@ class DistillStageConfig:
     checkpoint_every: int = 100
     resume: bool = True
     overwrite: bool = False
-    gradient_checkpointing: bool = False  # recompute activations in backward (8B students on one GPU); off: faster
-    dry_run: bool = False  # only estimate the memory per device (stages/distill_dry_run.py) and exit
+    # recompute activations in backward (8B students): on with a GPU trainer (trainer=gpu|ddp|fsdp), off on CPU;
+    # stage.gradient_checkpointing=false turns it off on GPUs (faster when the batch fits without it)
+    gradient_checkpointing: bool = "${on_gpu:${trainer.accelerator}}"  # type: ignore[assignment]
+    # true: print the memory per device this run would need (no weights, data or GPU: stages/distill_dry_run.py)
+    dry_run: bool = False
+    # a multirun (-m stage=distill ...) ends by evaluating and ranking its students (students.md)
     compare: StudentCompareConfig = field(default_factory=StudentCompareConfig)
 
     def __post_init__(self) -> None:
@@ -151,8 +169,8 @@ class DistillStageConfig:
 @dataclass
 class ReportStageConfig:
     name: str = "report"
-    runs: list[str] = field(default_factory=list)
-    y_max: float | None = None
+    runs: list[str] = field(default_factory=list)  # eval run dirs or sweep dirs (searched recursively for jobs)
+    y_max: float | None = None  # best accuracy for AUP weighting; null = the best accuracy among these runs
 
     def __post_init__(self) -> None:
         check(len(self.runs) >= 1, "stage.runs must list eval run or sweep dirs, e.g. "
@@ -161,6 +179,11 @@ class ReportStageConfig:
 
 
 PIPELINE_STEPS = ("teacher", "trajectory", "distill", "eval")
+TRAINING_STAGES = ("teacher", "distill", "pipeline", "ablation")  # the stages that read the trainer group
+
+
+def _no_step_overrides() -> dict[str, list[str]]:
+    return {step: [] for step in PIPELINE_STEPS}
 
 
 def check_step_names(step_overrides: Any, key: str) -> None:
@@ -186,17 +209,19 @@ def check_steps(step_overrides: dict[str, list[str]], thresholds: list[float]) -
 @dataclass
 class PipelineStageConfig:
     name: str = "pipeline"
+    # entropy τ for every threshold / d3llm sweep
     thresholds: list[float] = field(default_factory=lambda: [0.05, 0.2, 0.3, 0.5, 0.6, 1.0, 1.5, 2.2])
-    teacher_decoders: list[str] = field(default_factory=lambda: ["vanilla", "threshold", "d3llm"])
+    # teacher / d3llm: the control that separates distillation from the decoder
+    teacher_decoders: list[str] = field(default_factory=lambda: list(DECODERS))
     student_decoders: list[str] = field(default_factory=lambda: ["threshold", "d3llm"])
-    # Extra overrides for one step only, e.g. teacher: ["stage.max_steps=100"] (stage.* keys differ per step).
-    step_overrides: dict[str, list[str]] = field(default_factory=dict)
+    # extras for one step only, e.g. "stage.step_overrides.teacher=['stage.max_steps=100']" (stage.* keys differ)
+    step_overrides: dict[str, list[str]] = field(default_factory=_no_step_overrides)
 
     def __post_init__(self) -> None:
         check_steps(self.step_overrides, self.thresholds)
         for key in ("teacher_decoders", "student_decoders"):
-            bad = sorted(set(getattr(self, key)) - {"vanilla", "threshold", "d3llm"})
-            check(not bad, f"stage.{key} may hold vanilla, threshold, d3llm; got {bad}")
+            bad = sorted(set(getattr(self, key)) - set(DECODERS))
+            check(not bad, f"stage.{key} may hold {', '.join(DECODERS)}; got {bad}")
 
 
 # stage=ablation's variants: name -> (kind, what changed vs the `full` row). Each is conf/experiment/
@@ -217,12 +242,16 @@ ABLATION_VARIANTS: dict[str, tuple[str, str]] = {
 @dataclass
 class AblationStageConfig:
     name: str = "ablation"
+    # full = the reference row (d3LLM student, decode=d3llm); one variant = conf/experiment/ablation_<variant>.yaml
     variants: list[str] = field(default_factory=lambda: list(ABLATION_VARIANTS))
     thresholds: list[float] = field(default_factory=lambda: [0.05, 0.2, 0.5, 1.0, 2.2])  # one τ sweep per variant
-    reference_threshold: float = 0.5  # the τ whose accuracy / TPF / tokens/s go in the table
-    seeds: list[int] = field(default_factory=lambda: [0])  # training seeds: each variant is distilled per seed
-    reuse_evals: bool = True  # an eval already on disk with the same request is not decoded again
-    step_overrides: dict[str, list[str]] = field(default_factory=dict)
+    # the τ whose accuracy / TPF / tokens/s go in the table (d3LLM LLaDA GSM8K τ)
+    reference_threshold: float = 0.5
+    # training seeds per variant: the table gives means ± 95% CI and calls signs only when an interval excludes 0
+    # (seed 0 = the run's own students, e.g. make demo's)
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    reuse_evals: bool = True  # evals already on disk with the same model + settings are reused (re-tabulating is free)
+    step_overrides: dict[str, list[str]] = field(default_factory=_no_step_overrides)
 
     def __post_init__(self) -> None:
         unknown = [v for v in self.variants if v not in ABLATION_VARIANTS]
@@ -242,10 +271,10 @@ class ExportStageConfig:
     """stage=export: a checkpoint (optionally + a LoRA adapter, merged) in its family's official format."""
 
     name: str = "export"
-    model_path: str = "outputs/artifacts/student/merged"  # what to export (loaded with model.family, model.dtype)
+    model_path: str = "${model.path}"  # what to export (loaded natively with model.family, model.dtype)
     adapter: str | None = None  # a PEFT adapter dir (stage=distill's adapter/) merged onto model_path first
     source_path: str | None = None  # the official dir whose format / config.json / files are written; null: model_path
-    out_dir: str = "outputs/artifacts/export"
+    out_dir: str = "${paths.artifacts_dir}/export/${model.name}"
     dtype: str | None = None  # null: config.json's torch_dtype (bf16 for released checkpoints)
 
     def __post_init__(self) -> None:

@@ -18,17 +18,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from d3llm_pipeline.config.schema import (
-    ArithTaskConfig,
-    ConfigError,
-    DecodeConfig,
-    DistillConfig,
-    ModelConfig,
-    check,
-    load_section,
-)
-from d3llm_pipeline.config.stage_schemas import STAGE_SCHEMAS, check_step_names
-from d3llm_pipeline.config.task_schema import BenchmarkTaskConfig, PromptSetTaskConfig, load_task
+from d3llm_pipeline.config.schema import DecodeConfig, DistillConfig, ModelConfig, load_section, load_task
+from d3llm_pipeline.config.stage_schemas import STAGE_SCHEMAS, TRAINING_STAGES, check_step_names
+from d3llm_pipeline.errors import ConfigError, check
+from d3llm_pipeline.models.families import EMBEDDED_FAMILY
 
 # trainer.* keys the training stages pass to lightning.Trainer themselves (a trainer.* value would clash with
 # them or silently fight them), each with the key to use instead. training/fit.py rejects them too.
@@ -44,10 +37,6 @@ TRAINER_RESERVED = {
     "num_sanity_val_steps": "nothing (validation runs every stage.val_every steps)",
     "limit_val_batches": "stage.val_problems",
 }
-# lightning.Trainer's precision values (2.x)
-_PRECISIONS = {"64", "64-true", "32", "32-true", "16", "16-mixed", "16-true", "bf16", "bf16-mixed", "bf16-true",
-               "transformer-engine", "transformer-engine-float16"}
-_ACCELERATORS = {"auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu"}
 _BOOL_TRAINER_KEYS = ("enable_progress_bar", "enable_checkpointing", "enable_model_summary", "deterministic",
                       "benchmark", "sync_batchnorm", "use_distributed_sampler")
 _COUNT_TRAINER_KEYS = ("num_nodes", "log_every_n_steps", "accumulate_grad_batches")
@@ -56,14 +45,11 @@ FSDP_WRAP_KEY = "fsdp_wrap"
 _LOGGERS = ("csv", "wandb", "none")
 _WANDB_MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")  # what wandb.init accepts
 _SEED_MAX = 2**32 - 1  # numpy / Lightning accept seeds in [0, 2**32 - 1]
-# Config groups that every composed config holds, with their schema (None: checked below; the task's schema
-# depends on its kind: config/task_schema.py)
-SECTIONS: dict[str, type | None] = {"model": ModelConfig, "task": ArithTaskConfig, "decode": DecodeConfig,
+# Config groups that every composed config holds, with their schema (None: checked below; the task's schema is
+# its kind's class: config/schema.py load_task)
+SECTIONS: dict[str, type | None] = {"model": ModelConfig, "task": None, "decode": DecodeConfig,
                                     "distill": DistillConfig, "stage": None, "trainer": None, "logger": None,
                                     "paths": None}
-# Stages that run on a benchmark task (task.kind=benchmark) / a prompt set (task.kind=prompts)
-BENCHMARK_STAGES = ("eval", "report")
-PROMPT_SET_STAGES = ("trajectory", "distill", "report")
 # Top-level keys that are set by code, not by users: steps of stage=pipeline (output_dir), tests.
 _INTERNAL_KEYS = ("hydra", "output_dir", "pipeline_overrides")
 
@@ -74,13 +60,14 @@ def _is_int(value: Any) -> bool:
 
 @dataclass
 class RunConfig:
-    """The top-level keys of conf/config.yaml (no group of their own)."""
+    """The checks of the top-level keys (no group of their own). Their defaults are written in conf/config.yaml
+    alone; the composed config always holds every key (a removed one is reported before this runs)."""
 
-    seed: Any = 0
-    device: Any = "auto"
-    threads: Any = "auto"
-    experiment_name: Any = "default"
-    debug: Any = False
+    seed: Any = None
+    device: Any = None
+    threads: Any = None
+    experiment_name: Any = None
+    debug: Any = None
     step_defaults: Any = None
 
     def __post_init__(self) -> None:
@@ -90,9 +77,9 @@ class RunConfig:
                f"device must be auto, cpu, cuda or cuda:N (N = a GPU index), got {self.device!r}")
         check(self.threads == "auto" or (_is_int(self.threads) and self.threads >= 1),
                f"threads must be 'auto' or an integer >= 1, got {self.threads!r}; e.g. threads=2")
-        check(isinstance(self.experiment_name, str) and bool(self.experiment_name),
+        check(self.experiment_name is None or (isinstance(self.experiment_name, str) and bool(self.experiment_name)),
                f"experiment_name must be a non-empty string, got {self.experiment_name!r}")
-        check(isinstance(self.debug, bool), f"debug must be true or false, got {self.debug!r}")
+        check(self.debug is None or isinstance(self.debug, bool), f"debug must be true or false, got {self.debug!r}")
         check_step_names(self.step_defaults or {}, "step_defaults")
 
 
@@ -149,13 +136,29 @@ def _check_fsdp(trainer: dict[str, Any], stage_name: str) -> None:
            "stage=teacher trains the embedded tiny teacher: use trainer=gpu or trainer=ddp")
 
 
+def _lightning_values() -> tuple[set[str], set[str]]:
+    """(trainer.precision values, trainer.accelerator values) as the installed Lightning accepts them (read from
+    Lightning, not copied: the training stages that read the trainer group import it anyway)."""
+    import typing
+
+    from lightning.fabric.connector import _PRECISION_INPUT
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    def literals(tp: Any) -> set[str]:
+        args = typing.get_args(tp)
+        return {str(a) for arg in args for a in (literals(arg) if typing.get_args(arg) else [arg])}
+
+    return literals(_PRECISION_INPUT), set(AcceleratorRegistry.available_accelerators()) | {"auto", "gpu"}
+
+
 def _check_trainer(trainer: dict[str, Any]) -> None:
     for key, instead in TRAINER_RESERVED.items():
         check(key not in trainer, f"trainer.{key} is set by the training stages themselves; use {instead} "
                f"instead and drop trainer.{key}")
+    precisions, accelerators = _lightning_values()
     accelerator = trainer.get("accelerator", "auto")
-    check(accelerator in _ACCELERATORS,
-           f"trainer.accelerator must be one of {', '.join(sorted(_ACCELERATORS))}, got {accelerator!r}")
+    check(accelerator in accelerators,
+           f"trainer.accelerator must be one of {', '.join(sorted(accelerators))}, got {accelerator!r}")
     devices = trainer.get("devices", "auto")
     ok = (devices == "auto" or (_is_int(devices) and (devices >= 1 or devices == -1))
           or (isinstance(devices, str) and re.fullmatch(r"-1|\d+(,\d+)*,?", devices) is not None)
@@ -163,8 +166,8 @@ def _check_trainer(trainer: dict[str, Any]) -> None:
     check(ok, f"trainer.devices must be a count >= 1, -1 (all), 'auto' or a list of device indices, got {devices!r}")
     if "precision" in trainer:
         precision = str(trainer["precision"])
-        check(precision in _PRECISIONS,
-               f"trainer.precision must be one of {', '.join(sorted(_PRECISIONS))}, got {trainer['precision']!r}")
+        check(precision in precisions,
+               f"trainer.precision must be one of {', '.join(sorted(precisions))}, got {trainer['precision']!r}")
     for key in _COUNT_TRAINER_KEYS:
         if key in trainer:
             check(_is_int(trainer[key]) and trainer[key] >= 1, f"trainer.{key} must be an integer >= 1, got "
@@ -202,7 +205,7 @@ def _check_paths(paths: dict[str, Any]) -> None:
         check(isinstance(value, str) and bool(value), f"paths.{key} must be a directory path, got {value!r}")
 
 
-def _check_cross(task: ArithTaskConfig | BenchmarkTaskConfig | PromptSetTaskConfig, decode: DecodeConfig, distill: DistillConfig) -> None:
+def _check_cross(task: Any, decode: DecodeConfig, distill: DistillConfig) -> None:
     """Rules that span sections."""
     check(decode.gen_length == task.gen_length,
            f"decode.gen_length ({decode.gen_length}) must equal task.gen_length ({task.gen_length}): the task's "
@@ -219,32 +222,29 @@ def _check_cross(task: ArithTaskConfig | BenchmarkTaskConfig | PromptSetTaskConf
 def validate_config(cfg: DictConfig) -> None:
     """Raise a one-line ConfigError naming the first bad key of a composed config (and its fix)."""
     _check_top_level(cfg)
-    loaded = {key: load_task(cfg[key]) if key == "task" else load_section(cfg[key], schema, key)
-              for key, schema in SECTIONS.items() if schema is not None}
+    loaded = {"task": load_task(cfg.task)}  # first: the decode section's gen_length follows the task's
+    loaded.update({key: load_section(cfg[key], schema, key) for key, schema in SECTIONS.items() if schema is not None})
     stage_name = _plain(cfg.stage, "name") if "name" in cfg.stage else None
     check(stage_name in STAGE_SCHEMAS,
            f"unknown stage {stage_name!r}; choose stage= one of: {', '.join(sorted(STAGE_SCHEMAS))}")
-    if isinstance(loaded["task"], BenchmarkTaskConfig):
-        check(stage_name in BENCHMARK_STAGES,
-               f"task={loaded['task'].name} is a benchmark, which stage={' or stage='.join(BENCHMARK_STAGES)} runs; "
-               f"stage={stage_name} trains or labels on the embedded task (task=arith)")
-        split = _plain(cfg.stage, "split") if "split" in cfg.stage else "test"
-        check(stage_name != "eval" or split == "test",
-               f"stage.split={split} applies to the embedded task; task={loaded['task'].name} is scored on the split "
-               "lm-eval scores (its test split); to score other rows give them as that split: "
-               "task.data_files=<file.jsonl>")
-    if isinstance(loaded["task"], PromptSetTaskConfig):
-        check(stage_name in PROMPT_SET_STAGES,
-               f"task={loaded['task'].name} is a prompt set, which stage={' or stage='.join(PROMPT_SET_STAGES)} "
-               f"uses; evaluate on a benchmark (task=gsm8k_cot, ...) or the embedded task (task=arith)")
+    task = loaded["task"]
+    if task.STAGES is not None:  # a task only some stages run on (tasks/base.py)
+        runs = " or ".join(f"stage={name}" for name in sorted(task.STAGES))
+        check(stage_name in task.STAGES, f"task={task.name} (task.kind={task.kind}) is run by {runs}, not "
+              f"stage={stage_name}; train, label and evaluate in-house on an embedded task (task=arith)")
+    split = _plain(cfg.stage, "split") if "split" in cfg.stage else "test"
+    check(stage_name != "eval" or task.GRADED_SPLITS or split == "test",
+           f"stage.split={split} applies to the embedded task; task={task.name} is scored on the split lm-eval "
+           "scores (its test split); to score other rows give them as that split: task.data_files=<file.jsonl>")
     load_section(cfg.stage, STAGE_SCHEMAS[stage_name], "stage")
     family = loaded["model"].family
-    check(stage_name != "teacher" or family == "tiny",
+    check(stage_name != "teacher" or family == EMBEDDED_FAMILY,
            f"stage=teacher trains the embedded tiny teacher from scratch; model.family={family} is a released "
            f"checkpoint, used as it is (model.path={loaded['model'].path}), so there is nothing to train: label its "
            "trajectories with stage=trajectory, distil with stage=distill, or run both with stage=pipeline")
-    _check_trainer(_plain(cfg, "trainer"))
-    _check_fsdp(_plain(cfg, "trainer"), stage_name)
+    if stage_name in TRAINING_STAGES:  # (the trainer group is read by these alone)
+        _check_trainer(_plain(cfg, "trainer"))
+        _check_fsdp(_plain(cfg, "trainer"), stage_name)
     accumulate = _plain(cfg, "trainer").get("accumulate_grad_batches", 1)
     check(stage_name != "distill" or accumulate == 1,
            f"trainer.accumulate_grad_batches={accumulate} is not supported by stage=distill: each micro-batch would "

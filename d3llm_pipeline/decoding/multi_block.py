@@ -23,6 +23,17 @@ from dataclasses import astuple
 
 import torch
 
+from d3llm_pipeline.decoding.batch import (
+    DecodeResult,
+    active_index,
+    active_rows,
+    apply_early_stop,
+    banned_ids,
+    build_attention,
+    host_values,
+    select_rows,
+    takes_keep_count,
+)
 from d3llm_pipeline.decoding.metrics import generated_token_counts
 from d3llm_pipeline.decoding.noise import gumbel_noise
 from d3llm_pipeline.decoding.prefix_cache import PrefixCacheState, plan_forward, plan_forward_reference
@@ -34,19 +45,7 @@ from d3llm_pipeline.decoding.selection import (
     scatter_prediction,
     select_vanilla,
 )
-from d3llm_pipeline.decoding.spec import (
-    DecodeResult,
-    DecodeSpec,
-    active_index,
-    active_rows,
-    apply_early_stop,
-    banned_ids,
-    build_attention,
-    decode_defaults,
-    host_values,
-    select_rows,
-    takes_keep_count,
-)
+from d3llm_pipeline.decoding.spec import DecodeSpec, decode_defaults
 
 
 def _update_blocks(gen_mask: torch.Tensor, gen: torch.Tensor, opened: torch.Tensor, fully: torch.Tensor,

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from d3llm_pipeline.decoding.spec import active_rows
+from d3llm_pipeline.decoding.batch import active_rows
 
 
 def plan_forward(

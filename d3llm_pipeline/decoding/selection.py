@@ -11,7 +11,7 @@ halves of that decision:
 
     from d3llm_pipeline.decoding.selection import predict, select_tokens
     pred = predict(block_logits, banned_ids=[mask_id, pad_id])           # fields (B, K)
-    accept = select_tokens(pred, candidates, rule="threshold", score="entropy", threshold=0.4)
+    accept = select_tokens(pred, candidates, "threshold", "entropy", threshold=0.4, tokens_per_step=1)
 
 Ties are broken deterministically in favour of the lowest position: candidates are ordered with a *stable*
 sort of their score, so equal scores keep their left-to-right order.
@@ -24,8 +24,10 @@ from dataclasses import dataclass
 
 import torch
 
-RULES = ("vanilla", "threshold")
-SCORES = ("confidence", "entropy")
+from d3llm_pipeline.decoding.spec import RULES, SCORES
+
+# the per-block selection rules (rule "d3llm" selects by threshold across several blocks: multi_block.py)
+SELECTION_RULES = tuple(rule for rule in RULES if rule != "d3llm")
 
 
 @dataclass(frozen=True)
@@ -224,8 +226,8 @@ def select_tokens(
     candidates: torch.Tensor,
     rule: str,
     score: str,
-    threshold: float = 0.4,
-    tokens_per_step: int = 1,
+    threshold: float,
+    tokens_per_step: int,
     inclusive: bool = False,
 ) -> torch.Tensor:
     """Apply the named rule to a `Prediction` over candidates (B, K); returns the accept mask (B, K)."""
@@ -235,4 +237,4 @@ def select_tokens(
         return select_vanilla(values, candidates, tokens_per_step, hib)
     if rule == "threshold":
         return select_threshold(values, candidates, threshold, hib, inclusive)
-    raise ValueError(f"unknown rule {rule!r}; expected one of {RULES}")
+    raise ValueError(f"unknown rule {rule!r}; expected one of {SELECTION_RULES}")

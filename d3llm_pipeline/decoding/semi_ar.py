@@ -22,31 +22,30 @@ The loop is vectorised over samples and positions and makes one host sync per fo
 single copy of two numbers (rows still active, candidate positions of their current blocks) tells whether to
 stop and sizes the next step: the active rows' indices and the LM head's rows (`keep`: it runs on the candidates
 alone) are then taken by index, never by a boolean mask. The first step needs no sync: every row is active with a
-whole block of MASKs. tests/test_host_syncs.py counts them (decoding/sync_counter.py).
+whole block of MASKs. tests/unit/test_host_syncs.py counts them (decoding/sync_counter.py).
 """
 
 from __future__ import annotations
 
 import torch
 
-from d3llm_pipeline.decoding.metrics import generated_token_counts
-from d3llm_pipeline.decoding.multi_block import decode_multi_block
-from d3llm_pipeline.decoding.noise import gumbel_noise
-from d3llm_pipeline.decoding.selection import ids_tensor, predict, scatter_prediction, select_tokens
-from d3llm_pipeline.decoding.spec import (
+from d3llm_pipeline.decoding.batch import (
     DecodeResult,
-    DecodeSpec,
     active_index,
     active_rows,
     apply_early_stop,
     banned_ids,
     build_attention,
-    decode_defaults,
     host_values,
     select_rows,
     takes_keep_count,
 )
-from d3llm_pipeline.models.adapter import DiffusionLM
+from d3llm_pipeline.decoding.lm import DiffusionLM
+from d3llm_pipeline.decoding.metrics import generated_token_counts
+from d3llm_pipeline.decoding.multi_block import decode_multi_block
+from d3llm_pipeline.decoding.noise import gumbel_noise
+from d3llm_pipeline.decoding.selection import ids_tensor, predict, scatter_prediction, select_tokens
+from d3llm_pipeline.decoding.spec import DecodeSpec, decode_defaults
 
 
 def _current_block_positions(gen_mask: torch.Tensor, block_size: int) -> torch.Tensor:

@@ -1,52 +1,73 @@
-"""What every decoder shares: the decode knobs (`DecodeSpec`), the result, and small batch helpers.
+"""The decode knobs, defined once: `DecodeSpec` (what every decoder reads), its lists of values and its checks.
 
-The decoders (semi_ar.py, multi_block.py, prefix_cache.py) import from here and never from each other's
-modules, so the package has no import cycle. `DecodeSpec` is the one place the knobs are defined: the config
-schema (config/schema.py DecodeConfig) adds only what the stages need around them (name, batch_size) and
-`spec_from(decode_cfg)` copies every field the two share.
+No torch import here: the config schema (config/schema.py `DecodeConfig` = this spec + the run-level keys `name`
+and `batch_size`) and the command line's pre-flight read it. Each knob's default is written only here; the decode
+presets (conf/decode/*.yaml) hold only what they change, and a model family's behaviour where the official
+decoders differ between families is `DecodeDefaults` (handed to the adapter, read as `lm.decode_defaults`).
 
     spec = DecodeSpec(gen_length=64, block_size=16, rule="d3llm", threshold=0.5, kv_cache=True)
     spec.global_best(lm)   # decode.accept_global_best, or the model family's default when it is None
+    spec = spec_from(decode_cfg)   # the fields a config object shares with the spec
+    check_spec(spec)               # the knobs' checks (DecodeConfig runs them), errors naming `decode.<knob>`
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
-import torch
+from d3llm_pipeline.errors import check
 
-from d3llm_pipeline.models.families.base import DecodeDefaults
-
-CACHE_PLANS = ("ours", "reference")
-ENTROPY_DTYPES = ("float32", "float64")
+RULES = ("vanilla", "threshold", "d3llm")  # one token (or tokens_per_step) | every candidate past τ | multi-block
+SCORES = ("entropy", "confidence")  # entropy (d3LLM / Dream, lower = surer) | confidence (Fast-dLLM / LLaDA)
+CACHE_PLANS = ("ours", "reference")  # which forwards the prefix KV cache runs (decoding/prefix_cache.py)
+ENTROPY_DTYPES = ("float32", "float64")  # float64: scores as the official code computes them
 
 
 @dataclass(frozen=True)
-class DecodeSpec:
-    """How to decode: region and block sizes, selection rule and stopping behaviour."""
+class DecodeDefaults:
+    """How a family's official decoders behave where the d3LLM reference code differs between families.
 
-    gen_length: int = 64
-    block_size: int = 16
-    rule: str = "threshold"  # "vanilla" | "threshold" | "d3llm"
-    score: str = "entropy"  # "confidence" (higher is better) | "entropy" (lower is better)
-    threshold: float = 0.4
-    tokens_per_step: int = 1  # vanilla only
-    early_stop: bool = True
+    The decoders read these from the adapter (`lm.decode_defaults`) instead of testing a family name. The
+    defaults are the embedded tiny family's (the pipeline's own rules).
+    """
+
+    # decode=d3llm with decode.accept_global_best=null: always accept the minimum-entropy candidate of all open
+    # blocks (d3LLM's LLaDA `generate_multi_block`); False = only the candidates below τ (Dream's)
+    accept_global_best: bool = False
+    # an entropy exactly equal to τ is accepted (LLaDA's `entropy > τ -> reject`, i.e. H <= τ); Dream's is H < τ
+    inclusive_threshold: bool = False
+    # decode.cache_plan=reference: the official cached decoder's scan for blocks to cache stops at the first block
+    # still stabilising (LLaDA's `elif delay < d: break`, method.md §5.3); Dream's goes on and stamps later ones
+    cache_scan_stops_at_stabilising: bool = True
+
+
+@dataclass
+class DecodeSpec:
+    """How to decode: region and block sizes, selection rule and stopping behaviour (the `decode.*` knobs)."""
+
+    gen_length: int = 64  # generation region (the task's; decode presets read ${task.gen_length})
+    block_size: int = 16  # semi-AR block / d3llm window (real-model presets: 32, method.md §6)
+    rule: str = "threshold"  # RULES
+    score: str = "entropy"  # SCORES: "confidence" (higher is better) | "entropy" (lower is better)
+    threshold: float = 0.4  # τ: entropy bound in nats (score=entropy), probability (score=confidence)
+    tokens_per_step: int = 1  # rule "vanilla" only
+    early_stop: bool = True  # once an EOS is decoded, everything after it becomes EOS (method.md §5.4)
     max_forwards: int | None = None  # safety cap on forwards per sample; None -> 2 * gen_length
     temperature: float = 0.0  # 0 = argmax; > 0 samples from softmax(logits / T) with counter-based noise
     seed: int = 0  # noise seed (used only when temperature > 0)
-    # rule "d3llm" (multi-block, decoding.multi_block): open a block at this progress of the last one ...
+    # rule "d3llm" (multi-block, decoding.multi_block): open a block at this progress of the last one (A) ...
     block_add_threshold: float = 0.1
-    # ... and make it fully active (forced progress) once its predecessor reaches this progress
+    # ... and make it fully active (forced progress) once its predecessor reaches this progress (D)
     decoded_token_threshold: float = 0.95
     # d3LLM's LLaDA rule: always accept the global min-entropy candidate; None = the model family's default
     accept_global_best: bool | None = None
-    kv_cache: bool = False  # rule "d3llm": prefix KV cache with delayed caching and refresh (decoding.prefix_cache)
+    kv_cache: bool = False  # rule "d3llm": prefix KV cache with delayed caching and refresh (method.md §5.3)
     cache_delay_iter: int = 2  # d: a completed block joins the cache this many iterations after completing
     refresh_interval: int | None = None  # R: a full forward refreshes the cache every R iterations; None = never
-    # "ours" (see prefix_cache.plan_forward) | "reference": the family's official cached decoder's forward plan
+    # CACHE_PLANS: "ours" (see prefix_cache.plan_forward) | "reference": the family's official decoder's plan
     cache_plan: str = "ours"
-    entropy_dtype: str = "float32"  # "float64": scores as the official code computes them (reproduction runs)
+    entropy_dtype: str = "float32"  # ENTROPY_DTYPES
     # torch.compile the model's forward (dynamic shapes) for decoding: same tokens, first decode pays the compile
     compile: bool = False
 
@@ -65,90 +86,50 @@ class DecodeSpec:
         return decode_defaults(model).accept_global_best
 
 
+def check_spec(spec: DecodeSpec) -> None:
+    """The decode knobs' checks, each error naming its config key (`decode.<knob>`): run on every decode section
+    (config/schema.py DecodeConfig). A DecodeSpec built in code may use limits these forbid (τ = ±inf, A = 0) that
+    the decoders handle."""
+    check(spec.rule in RULES, f"decode.rule must be one of {', '.join(RULES)}, got {spec.rule!r}")
+    check(spec.score in SCORES, f"decode.score must be entropy or confidence, got {spec.score!r}")
+    check(spec.gen_length > 0, f"decode.gen_length must be > 0, got {spec.gen_length}")
+    check(spec.block_size > 0, f"decode.block_size must be > 0, got {spec.block_size}")
+    check(spec.gen_length % spec.block_size == 0,
+          f"decode.block_size ({spec.block_size}) must divide decode.gen_length ({spec.gen_length}); "
+          f"try decode.block_size={math.gcd(spec.gen_length, spec.block_size) or 1}")
+    check(1 <= spec.tokens_per_step <= spec.block_size,
+          f"decode.tokens_per_step must be in [1, decode.block_size={spec.block_size}], got {spec.tokens_per_step}")
+    check(spec.max_forwards is None or spec.max_forwards >= 1,
+          f"decode.max_forwards must be >= 1 or null (2 x gen_length), got {spec.max_forwards}")
+    check(spec.rule != "d3llm" or spec.score == "entropy", "decode.score must be entropy for decode.rule=d3llm")
+    for key in ("block_add_threshold", "decoded_token_threshold"):  # fractions, checked even where unused
+        value = getattr(spec, key)
+        check(0 < value <= 1, f"decode.{key} must be in (0, 1], got {value}")
+    check(not spec.kv_cache or spec.rule == "d3llm",
+          f"decode.kv_cache=true needs decode.rule=d3llm (decode=d3llm), got rule={spec.rule!r}")
+    check(spec.cache_delay_iter >= 0, f"decode.cache_delay_iter must be >= 0, got {spec.cache_delay_iter}")
+    check(spec.refresh_interval is None or spec.refresh_interval >= 1,
+          f"decode.refresh_interval must be >= 1 or null (never), got {spec.refresh_interval}")
+    check(spec.cache_plan in CACHE_PLANS,
+          f"decode.cache_plan must be one of {', '.join(CACHE_PLANS)}, got {spec.cache_plan!r}")
+    check(spec.temperature >= 0, f"decode.temperature must be >= 0 (0: greedy), got {spec.temperature}")
+    check(spec.seed >= 0, f"decode.seed must be >= 0, got {spec.seed}")
+    check(spec.entropy_dtype in ENTROPY_DTYPES,
+          f"decode.entropy_dtype must be one of {', '.join(ENTROPY_DTYPES)}, got {spec.entropy_dtype!r}")
+    if spec.rule == "vanilla":
+        return
+    if spec.score == "entropy":
+        check(spec.threshold > 0,
+              f"decode.threshold must be > 0 for score=entropy (an entropy bound in nats), got {spec.threshold}")
+    else:
+        check(0 < spec.threshold < 1,
+              f"decode.threshold must be in (0, 1) for score=confidence (a probability), got {spec.threshold}")
+
+
+
 def decode_defaults(model) -> DecodeDefaults:
     """The family behaviour the decoders follow (`lm.decode_defaults`; the tiny family's for plain models)."""
     return getattr(model, "decode_defaults", None) or DecodeDefaults()
-
-
-@dataclass
-class DecodeResult:
-    """Outcome of `decode` for a batch of B prompts of length P with G generated positions."""
-
-    sequences: torch.Tensor  # (B, P+G) long: prompt followed by the generation region
-    nfe: torch.Tensor  # (B,) long: forward passes each sample took part in
-    unmask_step: torch.Tensor  # (B, G) long: 0-based own forward index at which a position was revealed
-    tokens: torch.Tensor  # (B,) long: generated tokens before the first EOS
-    truncated: torch.Tensor | None = None  # (B,) bool: stopped by max_forwards with MASKs left
-    forwarded: torch.Tensor | None = None  # (B,) long: positions run through the model (rule "d3llm" only)
-
-
-def apply_early_stop(gen: torch.Tensor, unmask: torch.Tensor, step: torch.Tensor, mask_id: int, eos_id: int) -> None:
-    """In place: overwrite everything after each row's first revealed EOS with EOS (d3LLM early stop).
-
-    gen, unmask: (A, G); step: (A,) the row's current forward index, recorded for positions that were MASK.
-    """
-    is_eos = gen == eos_id  # (A, G); a MASK is never EOS, so these are all revealed
-    has_eos = is_eos.any(dim=-1, keepdim=True)  # (A, 1)
-    first = is_eos.to(torch.uint8).argmax(dim=-1, keepdim=True)  # (A, 1), 0 when there is none
-    positions = torch.arange(gen.shape[-1], device=gen.device)[None, :]  # (1, G)
-    after = has_eos & (positions > first)  # (A, G)
-    newly = after & (gen == mask_id)  # (A, G) revealed by this rule right now
-    unmask.copy_(torch.where(newly, step[:, None], unmask))
-    gen.masked_fill_(after, eos_id)
-
-
-def banned_ids(model) -> list[int]:
-    """Ids a decoder never predicts: MASK, and PAD unless it doubles as EOS (banning it would forbid stopping)."""
-    return [model.mask_token_id] if model.pad_token_id == model.eos_token_id else [model.mask_token_id,
-                                                                                   model.pad_token_id]
-
-
-def takes_keep_count(model, method: str = "logits") -> bool:
-    """Whether model.<method> accepts `keep_count` (our adapter does; simple test doubles may not)."""
-    import inspect
-
-    params = inspect.signature(getattr(model, method)).parameters
-    return "keep_count" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
-def host_values(*values: torch.Tensor) -> list[int]:
-    """Scalars (0-dim) or vectors of ints read in one device -> host copy: a decoder's one sync per forward."""
-    flat = torch.cat([v.reshape(-1).long() for v in values])
-    return flat.tolist()
-
-
-def select_rows(t: torch.Tensor, where: torch.Tensor, count: int | None) -> torch.Tensor:
-    """t[where] for a bool mask `where` over t's leading dims; by index when its True count is known (no sync)."""
-    if count is None:
-        return t[where]
-    flat = t.reshape(-1, *t.shape[where.dim():])
-    return flat.index_select(0, where.reshape(-1).nonzero_static(size=count).squeeze(1))
-
-
-def active_index(active: torch.Tensor, count: int, batch: int) -> tuple[torch.Tensor, bool]:
-    """(indices (A,) of the True rows of active (B,), whether that is every row), A = count known on the host:
-    no host sync (nonzero would need one to size its output)."""
-    if count == batch:
-        return torch.arange(batch, device=active.device), True
-    return active.nonzero_static(size=count).squeeze(1), False
-
-
-def active_rows(t: torch.Tensor, idx: torch.Tensor, everyone: bool) -> torch.Tensor:
-    """The rows `idx` of t as a copy, or t itself when every row is active (updated in place, no copy back)."""
-    return t if everyone else t.index_select(0, idx)
-
-
-def build_attention(prompt_attention_mask: torch.Tensor | None, gen_length: int) -> torch.Tensor | None:
-    """(B, P+G) mask: the prompt's own mask followed by ones for the generation region, or None.
-
-    None also when the prompts hold no padding (one host read per decode call): transformers' SDPA path skips
-    an all-ones mask anyway, but only after reading it on the host at every forward.
-    """
-    if prompt_attention_mask is None or bool(prompt_attention_mask.all()):
-        return None
-    ones = torch.ones(prompt_attention_mask.shape[0], gen_length, dtype=prompt_attention_mask.dtype,
-                      device=prompt_attention_mask.device)
-    return torch.cat([prompt_attention_mask, ones], dim=1)
 
 
 def spec_from(config: object) -> DecodeSpec:

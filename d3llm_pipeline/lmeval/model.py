@@ -31,14 +31,14 @@ import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from d3llm_pipeline.config.schema import ConfigError, DecodeConfig
+from d3llm_pipeline.config.decode_presets import model_section, pipeline_task_of, resolve_decode
 from d3llm_pipeline.decoding import DecodeSpec, decode, tokens_per_forward
+from d3llm_pipeline.errors import ConfigError
 from d3llm_pipeline.evaluation import compile_warmup
-from d3llm_pipeline.lmeval.presets import SPEC_FIELDS, decode_knobs, model_preset, table_task
 
 log = logging.getLogger(__name__)
 
-CONFIG_FIELDS = {f.name for f in dataclasses.fields(DecodeConfig)}
+SPEC_FIELDS = {f.name: f for f in dataclasses.fields(DecodeSpec)}
 _TRUE, _FALSE, _NONE = ("true", "1", "yes"), ("false", "0", "no"), ("none", "null", "")
 
 
@@ -93,7 +93,7 @@ class D3LLMEvalModel(LM):
         if preset is None and pretrained is not None and str(pretrained).endswith((".yaml", ".yml")):
             preset, pretrained = pretrained, None  # pretrained=<a model preset YAML>
         # a model preset (conf/model) fills what model_args leave out, and its decode_defaults feed the decode preset
-        settings = model_preset(str(preset)) if preset is not None else {}
+        settings = model_section(str(preset)) if preset is not None else {}
         pretrained = pretrained if pretrained is not None else settings.get("path")
         family = family or settings.get("family")
         dtype = dtype or settings.get("dtype", "float32")
@@ -112,14 +112,13 @@ class D3LLMEvalModel(LM):
         self.pretrained = str(pretrained) if pretrained is not None else type(lm).__name__
         self._device = next(lm.parameters()).device
         self.decode_name = str(decode)
-        self.settings = settings
-        # preset (the task's decode_table row, else the model's decode_defaults), then the user's knobs; validated
-        # by the same checks as the pipeline's decode section
+        self.settings, self.preset = settings, (str(preset) if preset is not None else None)
+        # preset (the task's decode_table row, else the model's decode_defaults), then the user's knobs: resolved and
+        # validated as the pipeline's decode section is (config/decode_presets.py)
         self.user_knobs = {k: _coerce(k, v) for k, v in knobs.items()}
-        self.knobs = decode_knobs(self.decode_name, settings, overrides=self.user_knobs)
         self.fixed_spec = spec is not None
-        if spec is not None:  # a resolved spec (gen_length included) replaces the preset and the knobs
-            self.knobs = dataclasses.asdict(spec)
+        # a resolved spec (gen_length included) replaces the preset and the knobs
+        self.knobs = dataclasses.asdict(spec) if spec is not None else self._resolve(None)
         self.batch_size = int(str(batch_size).split(":")[0]) if str(batch_size) != "auto" else 16
         if prompt_length is None and self.family == "tiny":
             prompt_length = 24  # the embedded teacher learned absolute positions with prompts padded to 24
@@ -151,7 +150,7 @@ class D3LLMEvalModel(LM):
     @staticmethod
     def _load(pretrained, family, dtype, device, attn_implementation, backend):
         from d3llm_pipeline.models.families import family_of, load_model
-        from d3llm_pipeline.stages.common import resolve_device
+        from d3llm_pipeline.runtime import resolve_device
 
         if pretrained is None:
             raise ConfigError("model_args needs pretrained=<checkpoint dir> or preset=<conf/model name> "
@@ -168,15 +167,22 @@ class D3LLMEvalModel(LM):
 
     # --- the decode spec ------------------------------------------------------------------------------------
 
+    def _resolve(self, task: str | None) -> dict[str, Any]:
+        """The decode knobs of preset `decode` for the model preset and pipeline task `task`, the user's winning
+        (config/decode_presets.py resolve_decode: the resolution stage=eval's composed config makes). gen_length
+        is left out unless the user set it: it comes from each request's max_gen_toks."""
+        decode = resolve_decode(self.decode_name, self.preset, task, overrides=self.user_knobs)
+        return {k: getattr(decode, k) for k in SPEC_FIELDS if k != "gen_length" or k in self.user_knobs}
+
     def knobs_for(self, lmeval_task: str | None) -> dict[str, Any]:
         """The decode knobs of an lm-eval task: the model preset's decode_table row of the pipeline task that runs
         it (method.md §6: HumanEval decodes one block at a time, MBPP at τ 0.4, ...), else its decode_defaults;
         the user's knobs win. A spec passed from Python is used for every task as is."""
-        row = None if self.fixed_spec else table_task(lmeval_task)
+        row = None if self.fixed_spec else pipeline_task_of(lmeval_task)
         if row is None or row not in (self.settings.get("decode_table") or {}):
             return self.knobs
         if row not in self._task_knobs:
-            self._task_knobs[row] = decode_knobs(self.decode_name, self.settings, task=row, overrides=self.user_knobs)
+            self._task_knobs[row] = self._resolve(row)
             log.info("lm-eval task %s: decode=%s with the %s row of the model's decode table: %s", lmeval_task,
                      self.decode_name, row, json.dumps(self._task_knobs[row]))
         return self._task_knobs[row]
@@ -188,9 +194,7 @@ class D3LLMEvalModel(LM):
         block = int(knobs.get("block_size", SPEC_FIELDS["block_size"].default))
         if knobs.get("gen_length") is None:
             knobs["gen_length"] = -(-int(max_gen_toks) // block) * block
-        # the pipeline's decode-section checks (block divides gen_length, ...) on the fields it has, then the spec
-        DecodeConfig(**{k: v for k, v in knobs.items() if k in CONFIG_FIELDS})
-        return DecodeSpec(**knobs)
+        return DecodeSpec(**knobs)  # the decode section's own checks (block divides gen_length, ...)
 
     # --- prompts ---------------------------------------------------------------------------------------------
 

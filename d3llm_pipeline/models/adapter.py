@@ -20,29 +20,11 @@ of cached keys/values of its prefix (the d3LLM prefix KV cache, decoding/prefix_
 from __future__ import annotations
 
 import inspect
-from typing import Protocol, runtime_checkable
 
 import torch
 
-from d3llm_pipeline.models.families.base import DecodeDefaults
-
-# Per layer (keys, values), each (B, H, T, D): T positions of one contiguous span.
-KV = list[tuple[torch.Tensor, torch.Tensor]]
-
-
-@runtime_checkable
-class DiffusionLM(Protocol):
-    """What the decoders and losses require of a model (no Hugging Face types leak through)."""
-
-    mask_token_id: int
-    eos_token_id: int
-    pad_token_id: int
-    shift_logits: bool
-
-    def logits(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, keep: torch.Tensor | None = None
-    ) -> torch.Tensor:  # (B, L) -> (B, L, V) aligned so that [:, i] predicts token i; (n, V) with keep
-        ...
+from d3llm_pipeline.decoding.lm import KV, DiffusionLM  # noqa: F401  (re-exported: the protocol this implements)
+from d3llm_pipeline.decoding.spec import DecodeDefaults
 
 
 def align_logits(raw: torch.Tensor, shift: bool) -> torch.Tensor:

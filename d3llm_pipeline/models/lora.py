@@ -14,26 +14,26 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 
-from d3llm_pipeline.config.schema import ConfigError, LoraConfig
+from d3llm_pipeline.errors import ConfigError
 from d3llm_pipeline.models.adapter import HFDiffusionAdapter
 from d3llm_pipeline.models.tiny import adapter_for, save_tiny_teacher
 
 
 def _family_of(teacher_path: str | Path):
     """The teacher's family from its config.json (the default family when unreadable: its checks say why)."""
-    from d3llm_pipeline.config.schema import ModelConfig
-    from d3llm_pipeline.models.families import family_of, get_family
+    from d3llm_pipeline.models.families import EMBEDDED_FAMILY, family_of, get_family
 
-    return family_of(teacher_path) or get_family(ModelConfig().family)
+    return family_of(teacher_path) or get_family(EMBEDDED_FAMILY)
 
 
-def make_student(teacher_path: str | Path, lora: LoraConfig, dtype: str = "float32", device: str = "cpu",
+def make_student(teacher_path: str | Path, lora: Any, dtype: str = "float32", device: str = "cpu",
                  gradient_checkpointing: bool = False) -> tuple[HFDiffusionAdapter, object]:
     """(student adapter, tokenizer): teacher weights frozen (in `dtype`), LoRA matrices trainable.
 
@@ -51,7 +51,7 @@ def make_student(teacher_path: str | Path, lora: LoraConfig, dtype: str = "float
     return student, tokenizer
 
 
-def lora_student(teacher: HFDiffusionAdapter, family, lora: LoraConfig, gradient_checkpointing: bool = False,
+def lora_student(teacher: HFDiffusionAdapter, family, lora: Any, gradient_checkpointing: bool = False,
                  where: str = "the teacher") -> HFDiffusionAdapter:
     """A loaded teacher adapter (its model becomes the frozen base) wrapped with `lora`'s PEFT adapter: the
     student adapter (make_student's second half; benchmarks/distill_memory.py wraps random 8B-shaped models)."""

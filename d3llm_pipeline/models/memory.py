@@ -95,7 +95,7 @@ def teacher_shape(teacher_path: str, model_name: str, lora_r: int, targets: tupl
     published architecture models/families/shapes.py holds (a Hub id need not be downloaded)."""
     from pathlib import Path
 
-    from d3llm_pipeline.config.schema import ConfigError
+    from d3llm_pipeline.errors import ConfigError
     from d3llm_pipeline.models.families import family_of
     from d3llm_pipeline.models.families.native import meta_model
     from d3llm_pipeline.models.families.shapes import meta_model_of, preset_names

@@ -15,8 +15,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from d3llm_pipeline.fileio import atomic_write_json
 from d3llm_pipeline.reporting.aup import aup, kept_points
-from d3llm_pipeline.runtime import atomic_write_json
 
 
 def _failure(job: Path) -> str:

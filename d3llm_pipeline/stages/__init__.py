@@ -21,7 +21,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from d3llm_pipeline.config.schema import ConfigError, PipelineError
+import d3llm_pipeline.config  # noqa: F401  (registers the schemas and resolvers a composed config needs)
+from d3llm_pipeline.errors import ConfigError, PipelineError
 from d3llm_pipeline.runtime import output_dir_of  # noqa: F401  (re-exported: stages import it from here)
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def _record_failure(cfg: DictConfig, message: str) -> None:
     message = " ".join(message.split())  # one line, whatever the exception text held
     log.error("stage=%s failed: %s", cfg.stage.name, message)
     if _in_multirun():
-        from d3llm_pipeline.runtime import atomic_write_text
+        from d3llm_pipeline.fileio import atomic_write_text
 
         try:
             atomic_write_text(Path(output_dir_of(cfg)) / "error.txt", message + "\n")

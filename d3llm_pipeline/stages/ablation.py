@@ -33,8 +33,10 @@ from typing import Any
 from hydra import compose
 from omegaconf import DictConfig
 
-from d3llm_pipeline.config.schema import ConfigError, load_section
+from d3llm_pipeline.config.schema import load_section
 from d3llm_pipeline.config.stage_schemas import ABLATION_VARIANTS, AblationStageConfig
+from d3llm_pipeline.errors import ConfigError
+from d3llm_pipeline.fileio import atomic_write_json, atomic_write_text
 from d3llm_pipeline.reporting.ablation_table import (
     ablation_rows,
     as_lists,
@@ -45,7 +47,6 @@ from d3llm_pipeline.reporting.ablation_table import (
 )
 from d3llm_pipeline.reporting.aggregate import build_report, collect_runs, plot_curves, write_report
 from d3llm_pipeline.reporting.wandb_report import log_report
-from d3llm_pipeline.runtime import atomic_write_json, atomic_write_text
 from d3llm_pipeline.stages import output_dir_of
 from d3llm_pipeline.stages.steps import check_step, run_step, teacher_step, user_overrides
 

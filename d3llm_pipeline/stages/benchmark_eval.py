@@ -17,10 +17,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from d3llm_pipeline.config.schema import ConfigError
-from d3llm_pipeline.config.task_schema import BenchmarkSetting, BenchmarkTaskConfig
 from d3llm_pipeline.decoding import tokens_per_forward
+from d3llm_pipeline.errors import ConfigError
 from d3llm_pipeline.tasks import benchmarks
+from d3llm_pipeline.tasks.benchmarks import BenchmarkSetting, BenchmarkTask
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,28 @@ TPF_NOTE = ("NFE counts the forwards our decoder ran; the official LLaDA multi-b
             "lower on the same outputs. Tokens/s includes every sample (the official scripts skip 10 as warm-up).")
 
 
-def check_data(task: BenchmarkTaskConfig, setting: BenchmarkSetting) -> None:
-    """Fail before the model loads: the data is reachable, has its few-shot split and code may run if it must."""
+def precheck(task: BenchmarkTask, family: str) -> None:
+    """stage=eval's engine "lm_eval" (stages/evaluate.py), before the model loads: the data is reachable, has its
+    few-shot split, and code may run if it must."""
+    check_data(task, task.for_family(family))
+
+
+def evaluate(job, seed: int) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """(records, summary, task info) of lm-eval running the benchmark with our decoders (the engine's run)."""
+    task = job.task
+    setting = task.for_family(job.model_cfg.family)
+    log.info("eval: %s (lm-eval task %s, %d-shot, chat template %s), model=%s", task.name, setting.lmeval_task,
+             setting.num_fewshot, setting.apply_chat_template, job.model_cfg.name)
+    model, results = run_lmeval(job, task, setting, job.stage.limit, seed)
+    records, summary = summarise(model, results, setting, task.metric)
+    task_info = {"name": task.name, "lmeval_task": setting.lmeval_task, "num_fewshot": setting.num_fewshot,
+                 "apply_chat_template": setting.apply_chat_template, "dataset": task.dataset,
+                 "data_files": task.data_files, "split": "test"}
+    return records, {**summary, "tpf_note": TPF_NOTE}, task_info
+
+
+def check_data(task: BenchmarkTask, setting: BenchmarkSetting) -> None:
+    """The data is reachable, has its few-shot split and code may run if it must."""
     data = benchmarks.dataset_of(task.dataset)
     if data.executes_code and not task.allow_code_execution:
         raise ConfigError(f"task={task.name} is graded by running the model's code (in a sandboxed subprocess with "
@@ -64,7 +84,7 @@ def task_metrics(lmeval_task: str) -> list[str] | None:
     return None
 
 
-def run_lmeval(job, task: BenchmarkTaskConfig, setting: BenchmarkSetting, limit: int | None, seed: int):
+def run_lmeval(job, task: BenchmarkTask, setting: BenchmarkSetting, limit: int | None, seed: int):
     """lm-eval's simple_evaluate of `setting.lmeval_task` with our model; returns (model, lm-eval results)."""
     import lm_eval
 

@@ -14,48 +14,18 @@ over. No torch import here, so the entry point's pre-flight can use require_writ
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 from d3llm_pipeline import ownership
-from d3llm_pipeline.config.schema import PipelineError, first_line
+from d3llm_pipeline.errors import PipelineError, first_line
 from d3llm_pipeline.models.families.checkpoint import (  # noqa: F401  (model_cmd, TEACHER_CMD: re-exported)
     DISTILL_CMD,
     TEACHER_CMD,
     TRAJECTORY_CMD,
     model_cmd,
 )
-
-
-def _free_bytes(directory: Path) -> int | None:
-    try:
-        return shutil.disk_usage(directory).free
-    except OSError:
-        return None
-
-
-def require_writable(directory: str | Path, key: str, need_bytes: int = 0) -> None:
-    """`directory` exists as a writable dir or can be created (nothing is created here), with room to spare.
-
-    We may run as root, for whom permission bits never deny a write, so what is checked is what stops root too:
-    a path component that is a file, a read-only file system, and free space.
-    """
-    target = Path(directory).absolute()
-    probe = target
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise PipelineError(f"cannot write to {key}={directory}: {probe} is a file, not a directory; point {key} "
-                            "at a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise PipelineError(f"cannot write to {key}={directory}: {probe} is not writable (permissions or a "
-                            f"read-only file system); point {key} at a writable directory")
-    free = _free_bytes(probe)
-    if need_bytes and free is not None and free < need_bytes:
-        raise PipelineError(f"cannot write to {key}={directory}: {free / 2**20:.0f} MiB free on its file system, "
-                            f"about {need_bytes / 2**20:.0f} MiB needed; free some space or point {key} elsewhere")
+from d3llm_pipeline.ownership import require_writable  # noqa: F401  (re-exported: the stages check their dirs)
 
 
 def _arrow_problem(merged: Path) -> str | None:

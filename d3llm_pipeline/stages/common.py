@@ -1,7 +1,7 @@
 """Helpers every stage runner uses: seeding + threads, loading the task and the model with clear errors.
 
     threads = setup_run(cfg)
-    problems = load_problems(task_cfg, "test")
+    job = prepare_decoding_run(cfg, EvalStageConfig)     # the sections validated, the model checked and loaded
     lm, tokenizer = load_model(model_cfg)
 """
 
@@ -14,12 +14,12 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from d3llm_pipeline.config.schema import ArithTaskConfig, ConfigError, DecodeConfig, ModelConfig, load_section
-from d3llm_pipeline.config.task_schema import BenchmarkTaskConfig, load_task
+from d3llm_pipeline.config.schema import DecodeConfig, ModelConfig, load_section, load_task
 from d3llm_pipeline.decoding import DecodeSpec
 from d3llm_pipeline.decoding.spec import spec_from
-from d3llm_pipeline.runtime import configure_threads
-from d3llm_pipeline.tasks.arith import task_splits  # noqa: F401  (re-exported for the stages)
+from d3llm_pipeline.errors import ConfigError
+from d3llm_pipeline.runtime import configure_threads, resolve_device
+from d3llm_pipeline.tasks.base import Task
 
 log = logging.getLogger(__name__)
 
@@ -30,19 +30,6 @@ def setup_run(cfg: DictConfig) -> int:
     threads = configure_threads(cfg.get("threads", "auto"))
     log.info("torch threads: %d (threads=%s)", threads, cfg.get("threads", "auto"))
     return threads
-
-
-def resolve_device(setting: str) -> torch.device:
-    """`device=auto` picks CUDA when present; an explicit CUDA device on a CPU-only machine is an error."""
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(setting)
-    except RuntimeError:
-        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {setting!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={setting} but no CUDA device is visible; use device=cpu (or auto)")
-    return device
 
 
 def decode_spec(decode: DecodeConfig) -> DecodeSpec:
@@ -62,33 +49,14 @@ def load_model(model: ModelConfig, device: str | torch.device = "cpu"):
         attn_implementation=model.attn_implementation, backend=model.backend)
 
 
-def check_fits(limit: int | None, task: ArithTaskConfig | BenchmarkTaskConfig) -> None:
-    """Learned absolute positions cannot extrapolate: prompt + generation must fit the model's `limit` positions.
-
-    (A benchmark's prompts vary: only its generation region is checked here. decode.gen_length ==
-    task.gen_length, a config-only rule, is checked with the rest of the config in config/validate.py.)
-    """
-    if limit is None:
-        return
-    if isinstance(task, BenchmarkTaskConfig):
-        if task.gen_length >= limit:
-            raise ConfigError(f"task.gen_length = {task.gen_length} leaves no room for a prompt in the model's "
-                              f"{limit} positions; lower task.gen_length")
-    elif task.prompt_length + task.gen_length > limit:
-        raise ConfigError(
-            f"task.prompt_length + task.gen_length = {task.prompt_length + task.gen_length} exceeds the model's "
-            f"{limit} positions; lower task.gen_length or retrain the teacher"
-        )
-
-
-def check_model(model: ModelConfig, task: ArithTaskConfig | BenchmarkTaskConfig) -> None:
+def check_model(model: ModelConfig, task: Task) -> None:
     """model.path holds a sane checkpoint whose positions fit the task, checked before anything is loaded."""
     from d3llm_pipeline.models.families import get_family
     from d3llm_pipeline.stages.checks import model_cmd
 
     family = get_family(model.family)  # tiny: stages/checks.require_checkpoint; llada / dream: their own checks
     _, config = family.check(model.path, "model.path", model_cmd(model.path), backend=model.backend)
-    check_fits(family.max_positions(config), task)
+    task.check_fits(family.max_positions(config))  # learned absolute positions cannot extrapolate
 
 
 @dataclass
@@ -96,7 +64,7 @@ class DecodingRun:
     """What every stage that decodes with a model needs, validated and loaded."""
 
     stage: Any
-    task: ArithTaskConfig | BenchmarkTaskConfig
+    task: Task
     decode: DecodeConfig
     model_cfg: ModelConfig
     threads: int

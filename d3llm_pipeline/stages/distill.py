@@ -28,15 +28,16 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
 from d3llm_pipeline import artifacts, ownership
-from d3llm_pipeline.config.schema import ArithTaskConfig, DecodeConfig, DistillConfig, load_section
+from d3llm_pipeline.config.schema import DecodeConfig, DistillConfig, load_section, load_task
 from d3llm_pipeline.config.stage_schemas import DistillStageConfig
-from d3llm_pipeline.config.task_schema import PromptSetTaskConfig, load_task
 from d3llm_pipeline.config.validate import fsdp_wrap_of
+from d3llm_pipeline.fileio import atomic_write_json
 from d3llm_pipeline.models.lora import make_student, save_student
-from d3llm_pipeline.runtime import atomic_write_json, provenance
+from d3llm_pipeline.runtime import provenance
 from d3llm_pipeline.stages import output_dir_of
 from d3llm_pipeline.stages.checks import check_distill_io
-from d3llm_pipeline.stages.common import setup_run, task_splits
+from d3llm_pipeline.stages.common import setup_run
+from d3llm_pipeline.tasks.base import Task
 from d3llm_pipeline.training.curriculum import MaskRatioCurriculum, WindowCurriculum
 from d3llm_pipeline.training.distill_data import DistillDataModule
 from d3llm_pipeline.training.distill_module import DistillModule
@@ -110,7 +111,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _distill(cfg: DictConfig, stage: DistillStageConfig, distill: DistillConfig,
-             task: ArithTaskConfig | PromptSetTaskConfig, val_decode: DecodeConfig, threads: int, out_dir: Path,
+             task: Task, val_decode: DecodeConfig, threads: int, out_dir: Path,
              identity: dict[str, Any]) -> dict[str, Any]:
     ckpt_dir = out_dir.with_name(out_dir.name + ".lightning")
     lead = launcher_rank() == 0
@@ -132,16 +133,15 @@ def _distill(cfg: DictConfig, stage: DistillStageConfig, distill: DistillConfig,
                              distill.only_correct, stage.epochs, pad_id=student.pad_token_id)
     steps_per_epoch = data.prepare(_world_size(cfg))
     max_steps = stage.epochs * steps_per_epoch
-    evaluator = None  # a prompt set (task.kind=prompts) has no graded split to validate on: evaluate afterwards
+    evaluator = None
     if is_fsdp(strategy):  # decoding outside the FSDP root's forward would read sharded embeddings / head
         log.info("distill: trainer.strategy=%s shards the weights, so there is no validation during training; "
                  "evaluate the exported student with stage=eval model=student", strategy)
-    elif isinstance(task, ArithTaskConfig):
-        val_problems = task_splits(task)["validation"][: stage.val_problems]
-        evaluator = validation_evaluator(tokenizer, val_problems, val_decode, task.prompt_length)
-    else:
-        log.info("distill: task=%s is a prompt set; no validation during training (evaluate the student with "
-                 "stage=eval task=<benchmark>)", task.name)
+    else:  # None for a task without graded splits (a prompt set): evaluate afterwards
+        evaluator = validation_evaluator(tokenizer, task, stage.val_problems, val_decode)
+        if evaluator is None:
+            log.info("distill: task=%s has no graded validation split; no validation during training (evaluate "
+                     "the student with stage=eval task=<benchmark>)", task.name)
     module = DistillModule(student, distill, lr=stage.lr, weight_decay=stage.weight_decay,
                            warmup_steps=stage.warmup_steps, max_steps=max_steps, min_lr_ratio=stage.min_lr_ratio,
                            seed=int(cfg.seed), val_every=stage.val_every, evaluator=evaluator)

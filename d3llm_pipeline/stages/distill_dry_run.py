@@ -21,8 +21,9 @@ from omegaconf import DictConfig
 from d3llm_pipeline.config.schema import DistillConfig
 from d3llm_pipeline.config.stage_schemas import DistillStageConfig
 from d3llm_pipeline.config.validate import fsdp_wrap_of
+from d3llm_pipeline.fileio import atomic_write_json
 from d3llm_pipeline.models.memory import estimate, teacher_shape
-from d3llm_pipeline.runtime import atomic_write_json, output_dir_of
+from d3llm_pipeline.runtime import output_dir_of
 from d3llm_pipeline.training.strategies import is_fsdp
 
 log = logging.getLogger(__name__)

@@ -4,8 +4,9 @@
     python -m d3llm_pipeline -m stage=eval decode=threshold decode.threshold=0.1,0.3,0.6,1.0,1.5
     python -m d3llm_pipeline stage=eval model=d3llm_llada task=gsm8k_cot decode=d3llm   # a benchmark, via lm-eval
 
-The embedded task (task=arith) is decoded in-house (evaluation.py); a benchmark (task.kind=benchmark) runs through
-lm-eval with our decoders (stages/benchmark_eval.py). Both write the same files.
+The task's EVALUATION engine (tasks/base.py) scores it: "in_house" (the embedded tasks: decoded and graded here,
+evaluation.py) or "lm_eval" (a benchmark: lm-eval runs it with our decoders, stages/benchmark_eval.py). Both
+write the same files.
 
 TPF follows d3LLM: tokens before the first EOS (EOS and what follows are not counted), summed over samples,
 divided by forward passes summed over samples (forwards spent after the EOS do count).
@@ -22,45 +23,53 @@ from typing import Any
 from omegaconf import DictConfig
 
 from d3llm_pipeline import artifacts
+from d3llm_pipeline.config.schema import load_task
 from d3llm_pipeline.config.stage_schemas import EvalStageConfig
-from d3llm_pipeline.config.task_schema import BenchmarkTaskConfig, load_task
+from d3llm_pipeline.errors import ConfigError
 from d3llm_pipeline.evaluation import evaluate_problems
-from d3llm_pipeline.runtime import atomic_write_json, atomic_write_text, provenance
+from d3llm_pipeline.fileio import atomic_write_json, atomic_write_text
+from d3llm_pipeline.runtime import provenance
 from d3llm_pipeline.stages import output_dir_of
 from d3llm_pipeline.stages.common import prepare_decoding_run
-from d3llm_pipeline.tasks.arith import task_splits
 
 log = logging.getLogger(__name__)
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    task = load_task(cfg.task)
-    if isinstance(task, BenchmarkTaskConfig):  # data, few-shot split and code opt-in, before the model loads
+def _in_house_precheck(task, family: str) -> None:
+    """Nothing to check before the model loads: the task's splits are generated."""
+
+
+def _in_house(job, seed: int) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """stage=eval's engine "in_house": decode the task's `stage.split` with our decoders and grade it here."""
+    task, stage = job.task, job.stage
+    problems = task.problems(stage.split)
+    if stage.limit is not None:
+        problems = problems[: stage.limit]
+    log.info("eval: %d %s problems, model=%s, decode=%s", len(problems), stage.split, job.model_cfg.name,
+             asdict(job.spec))
+    records, summary = evaluate_problems(job.lm, job.tokenizer, problems, job.spec, task, job.decode.batch_size)
+    return records, summary, {"name": task.name, "split": stage.split, "seed": task.seed}
+
+
+def _engine(task) -> tuple:
+    """(precheck, evaluate) of the task's EVALUATION engine (tasks/base.py)."""
+    if task.EVALUATION == "lm_eval":
         from d3llm_pipeline.stages import benchmark_eval
 
-        setting = task.for_family(str(cfg.model.family))
-        benchmark_eval.check_data(task, setting)
+        return benchmark_eval.precheck, benchmark_eval.evaluate
+    if task.EVALUATION == "in_house":
+        return _in_house_precheck, _in_house
+    raise ConfigError(f"task={task.name} is not evaluated by stage=eval")
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    task = load_task(cfg.task)
+    precheck, evaluate = _engine(task)
+    precheck(task, str(cfg.model.family))  # data, few-shot split, code opt-in: before the model loads
     job = prepare_decoding_run(cfg, EvalStageConfig)
-    stage, task, dec, model_cfg, spec = job.stage, job.task, job.decode, job.model_cfg, job.spec
+    dec, model_cfg, spec = job.decode, job.model_cfg, job.spec
     out_dir = Path(output_dir_of(cfg))
-    if isinstance(task, BenchmarkTaskConfig):
-        log.info("eval: %s (lm-eval task %s, %d-shot, chat template %s), model=%s, decode=%s", task.name,
-                 setting.lmeval_task, setting.num_fewshot, setting.apply_chat_template, model_cfg.name, asdict(spec))
-        model, results = benchmark_eval.run_lmeval(job, task, setting, stage.limit, int(cfg.seed))
-        records, summary = benchmark_eval.summarise(model, results, setting, task.metric)
-        task_info = {"name": task.name, "lmeval_task": setting.lmeval_task, "num_fewshot": setting.num_fewshot,
-                     "apply_chat_template": setting.apply_chat_template, "dataset": task.dataset,
-                     "data_files": task.data_files, "split": "test"}
-        tpf_note = benchmark_eval.TPF_NOTE
-    else:
-        problems = task_splits(task)[stage.split]
-        if stage.limit is not None:
-            problems = problems[: stage.limit]
-        log.info("eval: %d %s problems, model=%s, decode=%s", len(problems), stage.split, model_cfg.name, asdict(spec))
-        records, summary = evaluate_problems(job.lm, job.tokenizer, problems, spec, task.prompt_length,
-                                             dec.batch_size)
-        task_info = {"name": task.name, "split": stage.split, "seed": task.seed}
-        tpf_note = None
+    records, summary, task_info = evaluate(job, int(cfg.seed))
     model_fp = artifacts.model_fingerprint(model_cfg.path)
     metrics = {
         "stage": "eval",
@@ -73,7 +82,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "device": str(job.device),
         **summary,
         "tpf_definition": "sum(tokens before first EOS / stop string) / sum(forward passes), over samples (d3LLM)",
-        **({"tpf_note": tpf_note} if tpf_note else {}),
         **provenance(job.threads),
     }
     atomic_write_text(out_dir / "generations.jsonl", "".join(json.dumps(r) + "\n" for r in records))

@@ -22,10 +22,10 @@ from omegaconf import DictConfig
 from d3llm_pipeline import ownership
 from d3llm_pipeline.config.schema import ModelConfig, load_section
 from d3llm_pipeline.config.stage_schemas import ExportStageConfig
+from d3llm_pipeline.fileio import atomic_write_json
 from d3llm_pipeline.models.families import family_of, get_family
 from d3llm_pipeline.models.families.base import torch_dtype
 from d3llm_pipeline.models.families.export import export_model
-from d3llm_pipeline.runtime import atomic_write_json
 from d3llm_pipeline.stages import output_dir_of
 from d3llm_pipeline.stages.checks import model_cmd, require_writable
 from d3llm_pipeline.stages.common import setup_run

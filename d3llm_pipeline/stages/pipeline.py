@@ -18,9 +18,9 @@ from omegaconf import DictConfig
 
 from d3llm_pipeline.config.schema import load_section
 from d3llm_pipeline.config.stage_schemas import PipelineStageConfig
+from d3llm_pipeline.fileio import atomic_write_text
 from d3llm_pipeline.reporting.aggregate import build_report, collect_runs, leaderboard, write_report
 from d3llm_pipeline.reporting.wandb_report import log_report
-from d3llm_pipeline.runtime import atomic_write_text
 from d3llm_pipeline.stages import output_dir_of
 from d3llm_pipeline.stages.steps import check_step, run_step, teacher_step
 

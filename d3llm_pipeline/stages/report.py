@@ -14,8 +14,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from d3llm_pipeline.config.schema import ConfigError, load_section
+from d3llm_pipeline.config.schema import load_section
 from d3llm_pipeline.config.stage_schemas import ReportStageConfig
+from d3llm_pipeline.errors import ConfigError
 from d3llm_pipeline.reporting.aggregate import build_report, collect_runs, leaderboard, write_report
 from d3llm_pipeline.reporting.wandb_report import log_report
 from d3llm_pipeline.stages import output_dir_of

@@ -18,8 +18,8 @@ from hydra import compose
 from omegaconf import DictConfig
 
 from d3llm_pipeline import artifacts
-from d3llm_pipeline.config.schema import ConfigError
 from d3llm_pipeline.config.validate import validate_config
+from d3llm_pipeline.errors import ConfigError
 from d3llm_pipeline.stages import call_stage, finish_wandb
 
 log = logging.getLogger(__name__)
@@ -95,8 +95,7 @@ def teacher_step(cfg: DictConfig, out_dir: Path) -> None:
     if cfg.model.family == "tiny":
         run_step(cfg, out_dir, "teacher", "stage=teacher")
         return
-    from d3llm_pipeline.config.schema import ModelConfig, load_section
-    from d3llm_pipeline.config.task_schema import load_task
+    from d3llm_pipeline.config.schema import ModelConfig, load_section, load_task
     from d3llm_pipeline.stages.common import check_model
 
     check_model(load_section(cfg.model, ModelConfig, "model"), load_task(cfg.task))

@@ -24,29 +24,20 @@ from hydra import compose
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from d3llm_pipeline import artifacts
-from d3llm_pipeline.config.schema import PipelineError, load_section
+from d3llm_pipeline.config.schema import load_section
 from d3llm_pipeline.config.stage_schemas import StudentCompareConfig
+from d3llm_pipeline.errors import PipelineError
+from d3llm_pipeline.fileio import atomic_write_text
 from d3llm_pipeline.reporting import student_table
 from d3llm_pipeline.reporting.ablation_table import write_table_csv
 from d3llm_pipeline.reporting.aggregate import build_report, write_report
-from d3llm_pipeline.runtime import atomic_write_text
 from d3llm_pipeline.stages import call_stage
-from d3llm_pipeline.stages.sweep_callback import log_sweep_report
+from d3llm_pipeline.stages.sweep_report import job_error, log_sweep_report
 
 log = logging.getLogger(__name__)
 
 # Keys the comparison sets itself for each eval; a job's own value for them is dropped.
 _SET_HERE = ("stage", "hydra", "logger", "output_dir", "model.path", "model.name", "decode", "decode.threshold")
-
-
-def job_error(job: Path) -> str:
-    """Why a job left no metrics.json: the first line of its error.txt, else a pointer to its log."""
-    error_file = job / "error.txt"
-    if error_file.is_file():
-        lines = error_file.read_text().strip().splitlines()
-        if lines:
-            return lines[0].removeprefix("error: ")
-    return f"no metrics.json (crashed or interrupted; see the log in {job})"
 
 
 def sweep_jobs(sweep_dir: Path) -> list[dict[str, Any]]:

@@ -17,16 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig
+
+from d3llm_pipeline.stages.sweep_report import eval_report, failed_jobs
 
 log = logging.getLogger(__name__)
-
-def failed_jobs(sweep_dir: str | Path) -> list[str]:
-    """The jobs of a sweep that left no metrics.json, with the reason (their error.txt) when known."""
-    from d3llm_pipeline.stages.student_sweep import job_error
-
-    jobs = sorted(p.parent for p in Path(sweep_dir).glob("*/.hydra"))
-    return [f"{job} ({job_error(job)})" for job in jobs if not (job / "metrics.json").is_file()]
 
 
 class SweepReportCallback(Callback):
@@ -39,7 +34,7 @@ class SweepReportCallback(Callback):
 
                 compare_students(config, sweep_dir)
             else:
-                _eval_report(config, sweep_dir)
+                eval_report(config, sweep_dir)
         except Exception:  # noqa: BLE001 - a report problem must not turn a finished sweep into a failure
             log.exception("could not write the report for %s; the jobs' own outputs are complete", sweep_dir)
         if failed:
@@ -49,34 +44,3 @@ class SweepReportCallback(Callback):
             sys.exit(1)
 
 
-def _eval_report(config: DictConfig, sweep_dir: str) -> None:
-    from d3llm_pipeline.reporting.aggregate import build_report, collect_runs, leaderboard, write_report
-
-    runs, failed = collect_runs([sweep_dir])
-    if not runs:
-        return
-    report = build_report(runs)
-    written = write_report(sweep_dir, report, failed)
-    log.info("AUP report for %d eval jobs (%d failed) -> %s\n%s", len(runs), len(failed),
-             ", ".join(str(p) for p in written), leaderboard(report))
-    log_sweep_report(config, sweep_dir, report)
-
-
-def log_sweep_report(config: DictConfig, sweep_dir: str | Path, report: dict[str, Any],
-                     tables: dict[str, tuple[list[str], list[list[Any]]]] | None = None) -> None:
-    """With `logger=wandb`: the report (and extra tables) as one wandb run in the sweep dir, in the sweep's group."""
-    if config.get("logger", {}).get("name") != "wandb":
-        return
-    from d3llm_pipeline.config import sweep_group
-    from d3llm_pipeline.reporting.wandb_report import log_report
-
-    # The job config without the hydra node (its ${now:}/${hydra:} values do not resolve after the sweep),
-    # pointed at the sweep dir, which is where the report run lives, and grouped with the sweep's jobs.
-    job_cfg = OmegaConf.create({k: v for k, v in OmegaConf.to_container(config).items() if k != "hydra"})
-    with open_dict(job_cfg):
-        job_cfg.output_dir = str(sweep_dir)
-        job_cfg.logger.group = sweep_group(str(config.experiment_name), str(sweep_dir))
-    try:
-        log_report(job_cfg, report, tables=tables)
-    except Exception:  # noqa: BLE001 - the files are written; a wandb problem must not fail the sweep
-        log.exception("could not log the AUP report of %s to wandb; the files in it are complete", sweep_dir)

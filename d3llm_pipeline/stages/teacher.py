@@ -25,16 +25,17 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
 from d3llm_pipeline import artifacts, ownership
-from d3llm_pipeline.config.schema import ArithTaskConfig, DecodeConfig, ModelConfig, load_section
+from d3llm_pipeline.config.schema import DecodeConfig, ModelConfig, load_section, load_task
 from d3llm_pipeline.config.stage_schemas import TeacherStageConfig
-from d3llm_pipeline.config.task_schema import task_identity
+from d3llm_pipeline.fileio import atomic_write_json
 from d3llm_pipeline.models.tiny import build_tiny_teacher, save_tiny_teacher
-from d3llm_pipeline.runtime import atomic_write_json, provenance
+from d3llm_pipeline.runtime import provenance
 from d3llm_pipeline.stages import output_dir_of
 from d3llm_pipeline.stages.checks import require_writable, teacher_bytes
 from d3llm_pipeline.stages.common import setup_run
+from d3llm_pipeline.tasks.base import Task
 from d3llm_pipeline.tasks.tokenizer import build_tokenizer
-from d3llm_pipeline.training.data import ArithDataModule
+from d3llm_pipeline.training.data import TaskDataModule
 from d3llm_pipeline.training.fit import SUMMARY_FILE, trainer_identity, trainer_kwargs, validation_evaluator
 from d3llm_pipeline.training.loggers import make_lightning_logger
 from d3llm_pipeline.training.relaunch import isolated_sweep_job
@@ -46,12 +47,12 @@ log = logging.getLogger(__name__)
 RECIPE_KEYS = ("max_steps", "batch_size", "lr", "min_lr_ratio", "warmup_steps", "weight_decay", "grad_clip")
 
 
-def teacher_identity(cfg: DictConfig, stage: TeacherStageConfig, task: ArithTaskConfig,
+def teacher_identity(cfg: DictConfig, stage: TeacherStageConfig, task: Task,
                      model_cfg: ModelConfig) -> dict[str, Any]:
     """Every setting that shapes the trained teacher, keyed as the user types it."""
     return {
         "seed": int(cfg.seed), "model.family": model_cfg.family, "model.dtype": model_cfg.dtype,
-        **artifacts.flatten("model.arch", asdict(model_cfg.arch)), **artifacts.flatten("task", task_identity(task)),
+        **artifacts.flatten("model.arch", asdict(model_cfg.arch)), **artifacts.flatten("task", task.identity()),
         **{f"stage.{key}": getattr(stage, key) for key in RECIPE_KEYS}, **trainer_identity(cfg),
     }
 
@@ -68,7 +69,7 @@ def _publish(module: DiffusionSFTModule, tokenizer, final: Path, summary: dict[s
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     stage = load_section(cfg.stage, TeacherStageConfig, "stage")
-    task = load_section(cfg.task, ArithTaskConfig, "task")
+    task = load_task(cfg.task)
     model_cfg = load_section(cfg.model, ModelConfig, "model")
     val_decode = load_section(cfg.decode, DecodeConfig, "decode")
     threads = setup_run(cfg)
@@ -86,7 +87,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         return _train(cfg, stage, task, model_cfg, val_decode, threads, final, identity)
 
 
-def _train(cfg: DictConfig, stage: TeacherStageConfig, task: ArithTaskConfig, model_cfg: ModelConfig,
+def _train(cfg: DictConfig, stage: TeacherStageConfig, task: Task, model_cfg: ModelConfig,
            val_decode: DecodeConfig, threads: int, final: Path, identity: dict[str, Any]) -> dict[str, Any]:
     out_dir = Path(output_dir_of(cfg))
     ckpt_dir = final.with_name(final.name + ".lightning")
@@ -102,8 +103,8 @@ def _train(cfg: DictConfig, stage: TeacherStageConfig, task: ArithTaskConfig, mo
     lm = build_tiny_teacher(tokenizer, max_positions=task.prompt_length + task.gen_length, n_embd=arch.n_embd,
                             n_layer=arch.n_layer, n_head=arch.n_head, dropout=arch.dropout, seed=int(cfg.seed),
                             init_std=arch.init_std, embed_init_std=arch.embed_init_std)
-    data = ArithDataModule(task, tokenizer, stage.batch_size, int(cfg.seed), stage.val_problems)
-    evaluator = validation_evaluator(tokenizer, data.val_problems, val_decode, task.prompt_length)
+    data = TaskDataModule(task, tokenizer, stage.batch_size, int(cfg.seed), stage.val_problems)
+    evaluator = validation_evaluator(tokenizer, task, stage.val_problems, val_decode)
     module = DiffusionSFTModule(lm, lr=stage.lr, weight_decay=stage.weight_decay, warmup_steps=stage.warmup_steps,
                                 max_steps=stage.max_steps, min_lr_ratio=stage.min_lr_ratio, evaluator=evaluator)
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=stage.checkpoint_every, save_last=True,

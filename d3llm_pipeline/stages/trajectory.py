@@ -5,7 +5,7 @@
     python -m d3llm_pipeline stage=trajectory_merge                             # after a sharded run
     python -m d3llm_pipeline stage=trajectory model=llada_8b_instruct task=dparallel_prompts   # a real prompt set
 
-The prompts come from the task: the embedded task's `stage.split`, or a prompt set (task.kind=prompts: its
+The prompts come from the task: the embedded task's `stage.split`, or a prompt set (task.kind=prompt_sets: its
 `task.split` of a Hub dataset or `task.data_files`, tasks/prompt_sets.py), labelled and graded by
 trajectories/labels.py.
 
@@ -29,21 +29,22 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from d3llm_pipeline import artifacts, ownership
-from d3llm_pipeline.config.schema import ArithTaskConfig, ModelConfig, load_section
+from d3llm_pipeline.config.schema import ModelConfig, load_section
 from d3llm_pipeline.config.stage_schemas import TrajectoryStageConfig
-from d3llm_pipeline.config.task_schema import PromptSetTaskConfig, task_identity
 from d3llm_pipeline.decoding import DecodeSpec
-from d3llm_pipeline.runtime import atomic_write_json, provenance
+from d3llm_pipeline.fileio import atomic_write_json
+from d3llm_pipeline.runtime import provenance
 from d3llm_pipeline.stages import output_dir_of
 from d3llm_pipeline.stages.checks import require_writable
-from d3llm_pipeline.stages.common import prepare_decoding_run, task_splits
+from d3llm_pipeline.stages.common import prepare_decoding_run
+from d3llm_pipeline.tasks.base import LabelSet, Task
 from d3llm_pipeline.trajectories import store
-from d3llm_pipeline.trajectories.labels import LabelSet, arith_labels, label, prompt_set_labels
+from d3llm_pipeline.trajectories.labels import label
 
 log = logging.getLogger(__name__)
 
 
-def _run_fingerprint(model_cfg: ModelConfig, task: ArithTaskConfig | PromptSetTaskConfig, spec: DecodeSpec,
+def _run_fingerprint(model_cfg: ModelConfig, task: Task, spec: DecodeSpec,
                      stage: TrajectoryStageConfig) -> dict[str, Any]:
     """Everything that changes a row's content (not the shard / chunk layout)."""
     weights = sorted(Path(model_cfg.path).glob("*.safetensors"))
@@ -61,7 +62,7 @@ def _run_fingerprint(model_cfg: ModelConfig, task: ArithTaskConfig | PromptSetTa
             decode_identity.pop(key)
     return {
         "teacher": {"name": model_cfg.name, "weights_sha256": [artifacts.file_sha256(p) for p in weights]},
-        "task": task_identity(task), "split": stage.split, "n_prompts": stage.n_prompts,
+        "task": task.identity(), "split": stage.split, "n_prompts": stage.n_prompts,
         "decode": decode_identity, "temperatures": list(stage.temperatures),
     }
 
@@ -125,22 +126,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _labels(job, stage: TrajectoryStageConfig) -> LabelSet:
-    """The prompts to label: the embedded task's `stage.split`, or the first `stage.n_prompts` of a prompt set."""
+    """The prompts to label: the first `stage.n_prompts` of the task's `stage.split` (a prompt set: of its own
+    `task.split`), encoded for the teacher and graded the task's way (tasks/base.py Task.label_set)."""
     task, lm = job.task, job.lm
-    if isinstance(task, PromptSetTaskConfig):
-        from d3llm_pipeline.tasks.prompt_sets import load_prompt_rows
-
-        rows = load_prompt_rows(task)
-        rows = rows.select(range(min(stage.n_prompts, len(rows))))
-        labels = prompt_set_labels(rows, task, job.tokenizer, lm.pad_token_id, lm.eos_token_id,
-                                   task.chat_for(job.model_cfg.family))
-        if labels.truncated:
-            log.warning("trajectory: %d of %d prompts are longer than task.prompt_length=%d and keep their last "
-                        "%d tokens; raise task.prompt_length to keep them whole", labels.truncated, len(labels),
-                        task.prompt_length, task.prompt_length)
-        return labels
-    problems = task_splits(task)[stage.split][: stage.n_prompts]
-    return arith_labels(problems, job.tokenizer, task.prompt_length, task.gen_length)
+    labels = task.label_set(stage.split, stage.n_prompts, job.tokenizer, lm.pad_token_id, lm.eos_token_id,
+                            job.model_cfg.family)
+    if labels.truncated:
+        log.warning("trajectory: %d of %d prompts are longer than task.prompt_length=%d and keep their last "
+                    "%d tokens; raise task.prompt_length to keep them whole", labels.truncated, len(labels),
+                    task.prompt_length, task.prompt_length)
+    return labels
 
 
 def run_merge(cfg: DictConfig) -> dict[str, Any]:

@@ -19,9 +19,10 @@ from omegaconf import DictConfig
 
 from d3llm_pipeline import ownership
 from d3llm_pipeline.artifacts import fingerprint
-from d3llm_pipeline.config.schema import ConfigError, PipelineError, first_line, load_section
+from d3llm_pipeline.config.schema import load_section
 from d3llm_pipeline.config.stage_schemas import TrajectoryImportStageConfig
-from d3llm_pipeline.runtime import atomic_write_json
+from d3llm_pipeline.errors import ConfigError, PipelineError, first_line
+from d3llm_pipeline.fileio import atomic_write_json
 from d3llm_pipeline.stages import output_dir_of
 from d3llm_pipeline.stages.checks import require_writable
 from d3llm_pipeline.trajectories.d3llm_format import convert_d3llm_dataset

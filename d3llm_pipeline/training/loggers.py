@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from d3llm_pipeline.config.schema import ConfigError
+from d3llm_pipeline.errors import ConfigError
 from d3llm_pipeline.runtime import git_sha, output_dir_of
 
 LOGGERS = ("csv", "wandb", "none")

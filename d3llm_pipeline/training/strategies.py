@@ -25,7 +25,7 @@ Why the other pieces:
   by the norm of the full gradient over every rank's shards.
 
 On CPU (trainer.accelerator=cpu) the same strategy runs over gloo processes (training/cpu_fsdp.py): tests train 2
-sharded processes against 1 unsharded one and resume across plain and FSDP checkpoints (tests/test_fsdp_cpu.py).
+sharded processes against 1 unsharded one and resume across plain and FSDP checkpoints (tests/e2e/test_fsdp_cpu.py).
 Not run on GPUs yet. FSDP over one device is refused (config/validate.py): nothing to shard, and torch's FSDP1 then
 runs unsharded, which breaks on tied embeddings.
 """
@@ -40,8 +40,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import FSDPStrategy
 
-from d3llm_pipeline.config.schema import ConfigError
 from d3llm_pipeline.config.validate import FSDP_WRAP_KEY, FSDP_WRAPS
+from d3llm_pipeline.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
-"""What stage=trajectory labels: encoded prompts plus how to read and grade the teacher's answers, for the embedded
-task and for real prompt sets alike, and the labelling loop with d3LLM's retries at rising temperature.
+"""The labelling loop of stage=trajectory, with d3LLM's retries at rising temperature. What it labels (encoded
+prompts, how to read and grade the teacher's answers) is the task's `LabelSet` (tasks/base.py Task.label_set), for
+the embedded tasks and real prompt sets alike.
 
-    labels = arith_labels(problems, tokenizer, prompt_length=24, gen_length=64)
-    labels = prompt_set_labels(rows, task, tokenizer, pad_id, eos_id, chat_template=False)
+    labels = task.label_set("train", 4000, tokenizer, pad_id, eos_id, family)
     rows = label(lm, labels, range(len(labels)), sample_ids, spec, temperatures=[0.0, 0.1], batch_size=64)
 
 Every row holds the teacher's final generation region and, per position, the forward that revealed it
@@ -12,63 +12,14 @@ by sample id), so sharding and resuming never change a row.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from d3llm_pipeline.decoding import DecodeSpec, decode
-from d3llm_pipeline.tasks import arith
-from d3llm_pipeline.tasks.prompt_sets import encode_prompts, grade_answer, prompt_attention
-
-
-@dataclass
-class LabelSet:
-    prompts: torch.Tensor  # (N, P) fixed width
-    attention: torch.Tensor | None  # (N, P) bool: False on left padding; None = attend everywhere
-    references: torch.Tensor | None  # (N, G) the dataset's reference responses, when it has token-level ones
-    answers: list[str]  # ground truth per row, as stored
-    text_of: Callable[[torch.Tensor], str]  # generation region ids (G,) -> the answer text
-    grade: Callable[[str, int], tuple[str | None, bool]]  # (text, row) -> (extracted answer, correct)
-    truncated: int = 0  # prompts cut to fit the width
-
-    def __len__(self) -> int:
-        return len(self.answers)
-
-
-def arith_labels(problems: Sequence[arith.Problem], tokenizer, prompt_length: int, gen_length: int) -> LabelSet:
-    prompts, references = arith.encode(problems, tokenizer, prompt_length, gen_length)
-
-    def grade(text: str, i: int) -> tuple[str | None, bool]:
-        problem = problems[i]
-        if len(problem.answers) > 1:  # arith_long: every sub-answer, space-separated
-            from d3llm_pipeline.tasks.arith_long import extract_answers
-
-            predicted = " ".join("?" if a is None else str(a) for a in extract_answers(text)) or None
-            return predicted, arith.grade_problem(text, problem)
-        answer = arith.extract_answer(text)
-        return (None if answer is None else str(answer)), answer == problem.answer
-
-    answers = [" ".join(map(str, p.answers)) if len(p.answers) > 1 else str(p.answer) for p in problems]
-    return LabelSet(prompts, None, references, answers, lambda ids: arith.decode_response(ids, tokenizer), grade)
-
-
-def prompt_set_labels(rows, task, tokenizer, pad_id: int, eos_id: int, chat_template: bool) -> LabelSet:
-    """A prompt set's rows (task: config/task_schema.py PromptSetTaskConfig): left-padded prompts, answers graded
-    with `task.answer_format` (tasks/prompt_sets.py)."""
-    questions = [str(q) for q in rows[task.question_field]]
-    answers = ["" if a is None else str(a) for a in rows[task.answer_field]]
-    prompts, truncated = encode_prompts(questions, tokenizer, task.prompt_length, chat_template, pad_id)
-
-    def text_of(ids: torch.Tensor) -> str:
-        ids = ids.tolist()
-        return tokenizer.decode(ids[: ids.index(eos_id)] if eos_id in ids else ids, skip_special_tokens=False)
-
-    def grade(text: str, i: int) -> tuple[str | None, bool]:
-        return grade_answer(text, answers[i], task.answer_format)
-
-    return LabelSet(prompts, prompt_attention(prompts, pad_id), None, answers, text_of, grade, truncated)
+from d3llm_pipeline.tasks.base import LabelSet
 
 
 @torch.no_grad()

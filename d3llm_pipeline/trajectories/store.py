@@ -28,9 +28,9 @@ from typing import Any
 import datasets
 
 from d3llm_pipeline.artifacts import file_sha256
-from d3llm_pipeline.config.schema import PipelineError
+from d3llm_pipeline.errors import PipelineError
+from d3llm_pipeline.fileio import atomic_write_json
 from d3llm_pipeline.ownership import remove_ours, write_marker
-from d3llm_pipeline.runtime import atomic_write_json
 
 INT_LIST = datasets.List(datasets.Value("int32"))
 FEATURES = datasets.Features({

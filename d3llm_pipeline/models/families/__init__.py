@@ -14,14 +14,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from d3llm_pipeline.config.schema import ConfigError
+from d3llm_pipeline.decoding.spec import DecodeDefaults
+from d3llm_pipeline.errors import ConfigError
 from d3llm_pipeline.models.families import dream, llada, tiny
-from d3llm_pipeline.models.families.base import DecodeDefaults, Family, SpecialIds
+from d3llm_pipeline.models.families.base import Family, SpecialIds
 from d3llm_pipeline.models.families.checkpoint import TEACHER_CMD
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (tiny.FAMILY, llada.FAMILY, dream.FAMILY)}
+EMBEDDED_FAMILY = tiny.FAMILY.name  # the embedded teacher: model.family's default, the one family stage=teacher trains
 
-__all__ = ["FAMILIES", "DecodeDefaults", "Family", "SpecialIds", "detect_family", "family_of", "get_family",
+__all__ = ["EMBEDDED_FAMILY", "FAMILIES", "DecodeDefaults", "Family", "SpecialIds", "detect_family", "family_of", "get_family",
            "load_model"]
 
 

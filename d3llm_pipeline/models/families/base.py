@@ -1,8 +1,9 @@
 """What a model family is: the one place a dLLM family's quirks (ids, logit alignment, names, loader) live.
 
-A family module (tiny.py, llada.py, dream.py) builds one `Family` (or a subclass); the registry in
-`families/__init__.py` looks them up by `model.family` or by a checkpoint's config.json `model_type`. Code outside
-the family modules asks a `Family` for what it needs and never tests a family's name.
+A family module (tiny.py, llada.py, dream.py) builds one `Family` subclass instance (tiny.py's `TinyFamily`, the
+official-format `OfficialFamily` of official.py); the registry in `families/__init__.py` looks them up by
+`model.family` or by a checkpoint's config.json `model_type`. Code outside the family modules asks a `Family` for
+what it needs and never tests a family's name. Nothing here imports another module of the package.
 
     fam = get_family("llada")
     ids = fam.special_ids(config_json)        # SpecialIds(mask=126336, eos=126081, pad=126081, eot=126348)
@@ -17,6 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from d3llm_pipeline.decoding.spec import DecodeDefaults
+from d3llm_pipeline.errors import PipelineError, first_line
+
+# distill.lora.target_modules' default (the schema reads it from here): the tiny family's GPT-2 projections. A
+# family given this default adapts its own `lora_targets` instead.
+DEFAULT_LORA_TARGETS = ("c_attn", "c_proj", "c_fc")
+_REGISTERED: dict[str, Family] = {}  # name -> family, filled as family modules build theirs (registered())
 # model.dtype -> torch dtype name (resolved lazily so that importing a family stays free of torch)
 DTYPE_BYTES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
 
@@ -46,24 +54,6 @@ def _first_id(value: Any) -> int | None:
 
 
 @dataclass(frozen=True)
-class DecodeDefaults:
-    """How a family's official decoders behave where the d3LLM reference code differs between families.
-
-    The decoders (decoding/) read these from the adapter (`lm.decode_defaults`) instead of testing a family name.
-    The defaults are the embedded tiny family's (the pipeline's own rules).
-    """
-
-    # decode=d3llm with decode.accept_global_best=null: always accept the minimum-entropy candidate of all open
-    # blocks (d3LLM's LLaDA `generate_multi_block`); False = only the candidates below τ (Dream's)
-    accept_global_best: bool = False
-    # an entropy exactly equal to τ is accepted (LLaDA's `entropy > τ -> reject`, i.e. H <= τ); Dream's is H < τ
-    inclusive_threshold: bool = False
-    # decode.cache_plan=reference: the official cached decoder's scan for blocks to cache stops at the first block
-    # still stabilising (LLaDA's `elif delay < d: break`, method.md §5.3); Dream's goes on and stamps later ones
-    cache_scan_stops_at_stabilising: bool = True
-
-
-@dataclass(frozen=True)
 class Family:
     """One dLLM family. Real families (LLaDA, Dream) load natively through `build_config` + `rename`."""
 
@@ -83,12 +73,13 @@ class Family:
     positions: Callable[[dict], int | None] | None = None
     decode_defaults: DecodeDefaults = DecodeDefaults()  # handed to the adapter (lm.decode_defaults)
 
-    def lora_targets_for(self, configured: list[str] | tuple[str, ...]) -> list[str]:
-        """distill.lora.target_modules as configured, or this family's own names when it is the schema default
-        (the tiny teacher's GPT-2 names, which a LLaDA / Dream model does not have)."""
-        from d3llm_pipeline.config.schema import LoraConfig
+    def __post_init__(self) -> None:
+        _REGISTERED[self.name] = self
 
-        return list(self.lora_targets) if list(configured) == LoraConfig().target_modules else list(configured)
+    def lora_targets_for(self, configured: list[str] | tuple[str, ...]) -> list[str]:
+        """distill.lora.target_modules as configured, or this family's own names when it is the default
+        (DEFAULT_LORA_TARGETS: the tiny teacher's GPT-2 names, which a LLaDA / Dream model does not have)."""
+        return list(self.lora_targets) if tuple(configured) == DEFAULT_LORA_TARGETS else list(configured)
 
     def detect(self, config: dict) -> bool:
         """Whether a checkpoint's config.json (as a dict) belongs to this family."""
@@ -107,35 +98,38 @@ class Family:
         return self.positions(config) if self.positions else None
 
     def check(self, path: str | Path, key: str, make_cmd: str, backend: str = "native") -> tuple[Path, dict]:
-        """(local dir, config.json) of a usable checkpoint of this family; a Hub id is resolved from the cache.
-
-        model.backend=remote runs the checkpoint's own code whatever its model_type: only config.json must parse.
-        """
-        from d3llm_pipeline.models.families import checkpoint
-
-        if backend == "remote":
-            return checkpoint.read_config(path, key)
-        return checkpoint.check_official(self, path, key)
+        """(local dir, config.json) of a usable checkpoint of this family (one PipelineError line when it is not);
+        `make_cmd` is the command that makes one, named in the error where the pipeline can."""
+        raise NotImplementedError
 
     def load(self, path: str | Path, dtype: str = "float32", device: Any = "cpu", attn_implementation: str = "sdpa",
              backend: str = "native", key: str = "model.path"):
         """(DiffusionLM adapter, tokenizer or None) of a checked local checkpoint dir (`key` names it in errors)."""
-        if backend == "remote":
-            from d3llm_pipeline.models.families.remote import load_remote
-
-            return load_remote(self, Path(path), dtype, device)
-        from d3llm_pipeline.models.families.native import load_native
-
-        return load_native(self, Path(path), dtype, device, attn_implementation, key)
+        raise NotImplementedError
 
     def load_checked(self, path: str | Path, key: str, make_cmd: str, dtype: str = "float32", device: Any = "cpu",
                      attn_implementation: str = "sdpa", backend: str = "native"):
         """`check` then `load`; anything the loaders raise becomes one PipelineError line naming the dir."""
-        from d3llm_pipeline.models.families import checkpoint
-
         local, _ = self.check(path, key, make_cmd, backend)
         fix = (f"download the checkpoint again or point {key} at another {self.display or self.name} checkpoint dir"
                if backend == "native" else "model.backend=remote needs the modeling code files that config.json's "
                "auto_map names, in the checkpoint dir; LLaDA / Dream checkpoints load with model.backend=native")
-        return checkpoint.one_line_errors(
-            lambda: self.load(local, dtype, device, attn_implementation, backend, key), local, key, fix)
+        return one_line_errors(lambda: self.load(local, dtype, device, attn_implementation, backend, key), local,
+                               key, fix)
+
+
+def registered() -> dict[str, Family]:
+    """Every family built so far, by name (each family module's FAMILY registers itself when it is constructed;
+    the registry, families/__init__.py, imports them all). Read here by modules below the registry."""
+    return dict(_REGISTERED)
+
+
+def one_line_errors(load: Callable[[], Any], path: Path, key: str, fix: str) -> Any:
+    """Run `load`; any error but a PipelineError becomes one line naming the dir (transformers, safetensors...)."""
+    try:
+        return load()
+    except PipelineError:
+        raise
+    except Exception as err:  # noqa: BLE001 - every loader error means "these files cannot be used"
+        raise PipelineError(f"cannot load the checkpoint {key}={path}: {type(err).__name__}: {first_line(err)}; "
+                            f"{fix}") from err

@@ -15,13 +15,12 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from d3llm_pipeline.config.schema import PipelineError, first_line
-from d3llm_pipeline.models.families.base import DTYPE_BYTES, Family
+from d3llm_pipeline.errors import PipelineError, first_line
+from d3llm_pipeline.models.families.base import DTYPE_BYTES, Family, registered
 
 log = logging.getLogger(__name__)
 
@@ -85,15 +84,13 @@ def read_config(path: str | Path, key: str) -> tuple[Path, dict]:
 
 def check_official(family: Family, path: str | Path, key: str) -> tuple[Path, dict]:
     """config.json belongs to `family` and every weight file has a sane header."""
-    from d3llm_pipeline.models.families import FAMILIES
-
     path, config = read_config(path, key)
     model_type = config.get("model_type")
     if not family.detect(config):
-        owner = next((f for f in FAMILIES.values() if f.detect(config)), None)
+        owner = next((f for f in registered().values() if f.detect(config)), None)
         file = path / "config.json"
         if owner is None:
-            known = ", ".join(f"{f.model_type} ({f.name})" for f in FAMILIES.values())
+            known = ", ".join(f"{f.model_type} ({f.name})" for f in registered().values())
             raise PipelineError(f"{file} ({key}) has model_type {model_type!r}, which no model family loads natively "
                                 f"(known: {known}); run its own code with model.backend=remote, or point {key} at "
                                 "a LLaDA / Dream checkpoint")
@@ -212,17 +209,6 @@ def check_memory(path: Path, n_params: int, dtype: str, device: Any, key: str = 
                             f"in {dtype}, +10%) but only {_gib(free)} is {source}; use model.dtype=bfloat16, "
                             "another device=, or free memory")
     return weights
-
-
-def one_line_errors(load: Callable[[], Any], path: Path, key: str, fix: str) -> Any:
-    """Run `load`; any error but a PipelineError becomes one line naming the dir (transformers, safetensors...)."""
-    try:
-        return load()
-    except PipelineError:
-        raise
-    except Exception as err:  # noqa: BLE001 - every loader error means "these files cannot be used"
-        raise PipelineError(f"cannot load the checkpoint {key}={path}: {type(err).__name__}: {first_line(err)}; "
-                            f"{fix}") from err
 
 
 def model_cmd(path: str | Path) -> str:

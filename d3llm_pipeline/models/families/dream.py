@@ -10,7 +10,9 @@ Ids (method.md §7): MASK 151666, EOS = PAD = BOS 151643 `<|endoftext|>`, end of
 
 from __future__ import annotations
 
-from d3llm_pipeline.models.families.base import DecodeDefaults, Family, SpecialIds
+from d3llm_pipeline.decoding.spec import DecodeDefaults
+from d3llm_pipeline.models.families.base import SpecialIds
+from d3llm_pipeline.models.families.official import OfficialFamily
 
 # Dream config.json keys copied as they are into Qwen2Config (same meaning, same name)
 SAME_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -45,7 +47,7 @@ def build_config(config: dict):
     )
 
 
-FAMILY = Family(
+FAMILY = OfficialFamily(
     name="dream",
     model_type="Dream",
     display="Dream",

@@ -9,7 +9,7 @@ kept, so the official modeling code loads the result), and so are generation_con
 the modeling code files when the source dir has them.
 
 Loading bf16 weights into fp32 and casting back is exact, so exporting an unmodified load reproduces the source's
-tensors bit for bit (tests/test_export.py); a merged LoRA student differs only in the adapted projections.
+tensors bit for bit (tests/integration/test_export.py); a merged LoRA student differs only in the adapted projections.
 
     export_official(lm_or_module, get_family("llada"), source_dir, out_dir)   # -> out_dir
 """
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from d3llm_pipeline import ownership
-from d3llm_pipeline.config.schema import PipelineError
+from d3llm_pipeline.errors import PipelineError
 from d3llm_pipeline.models.adapter import HFDiffusionAdapter
 from d3llm_pipeline.models.families import checkpoint
 from d3llm_pipeline.models.families.base import Family

@@ -1,6 +1,6 @@
 """A word-level tokenizer for a real-family checkpoint that ships none (the official-format test fixtures).
 
-    python -m d3llm_pipeline.models.families.fixture_tokenizer /work/shared/fixtures/official/llada_tiny out/llada_tiny
+    python -m d3llm_pipeline.models.families.fixture_tokenizer tests/fixtures/official/llada_tiny out/llada_tiny
     python -m d3llm_pipeline.models.families.fixture_tokenizer <src> <dst> --words-from gsm8k_test.jsonl
 
 copies the checkpoint dir (`<src>` is never written) and writes into the copy a `tokenizers` WordLevel tokenizer

@@ -3,7 +3,7 @@
 An official LLaDA checkpoint is an OLMo-style module (`model_type: llada`, `model.transformer.blocks.N.*`). Its
 block is exactly a Llama decoder layer without the causal mask: RMSNorm -> q/k/v (no bias, RoPE) -> attn_out, then
 RMSNorm -> SwiGLU `ff_out(silu(ff_proj(x)) * up_proj(x))`. So it loads into `LlamaForCausalLM(is_causal=False)`
-with renamed parameters; tests/test_families.py checks the forward against the official code's outputs.
+with renamed parameters; tests/integration/test_families.py checks the forward against the official code's outputs.
 
 Ids (method.md §7): MASK 126336, EOS = PAD 126081 `<|endoftext|>`, end of turn `<|eot_id|>` 126348. Logits are
 aligned (output i predicts token i).
@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import re
 
-from d3llm_pipeline.models.families.base import DecodeDefaults, Family, SpecialIds
+from d3llm_pipeline.decoding.spec import DecodeDefaults
+from d3llm_pipeline.models.families.base import SpecialIds
+from d3llm_pipeline.models.families.official import OfficialFamily
 
 # OLMo block names -> Llama decoder layer names (ff_proj is the gated half of the SwiGLU: silu(ff_proj) * up_proj)
 BLOCK_NAMES = {
@@ -92,7 +94,7 @@ def build_config(config: dict):
     )
 
 
-FAMILY = Family(
+FAMILY = OfficialFamily(
     name="llada",
     model_type="llada",
     display="LLaDA",

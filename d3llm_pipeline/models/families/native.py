@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from d3llm_pipeline.config.schema import PipelineError
+from d3llm_pipeline.errors import PipelineError
 from d3llm_pipeline.models.adapter import HFDiffusionAdapter
 from d3llm_pipeline.models.families import checkpoint
 from d3llm_pipeline.models.families.base import Family, torch_dtype

@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from d3llm_pipeline.config.schema import ConfigError, PipelineError, first_line
-from d3llm_pipeline.models.families.base import Family, SpecialIds
+from d3llm_pipeline.errors import ConfigError, PipelineError, first_line
+from d3llm_pipeline.models.families.base import DEFAULT_LORA_TARGETS, Family, SpecialIds
 from d3llm_pipeline.models.families.checkpoint import safetensors_problem
 
 REMOTE_ERROR = "model.backend=remote runs a real dLLM's own code; model.family=tiny loads natively (model.backend=native)"
@@ -99,7 +99,7 @@ FAMILY = TinyFamily(
     model_type="gpt2",
     display="tiny GPT-2",
     shift_logits=False,
-    lora_targets=("c_attn", "c_proj", "c_fc"),  # GPT-2 names: attention qkv + out, MLP in + out
+    lora_targets=DEFAULT_LORA_TARGETS,  # GPT-2 names: attention qkv + out, MLP in + out
     lora_fan_in_fan_out=True,  # GPT-2 stores its projections as Conv1D (in, out) matrices
     defaults=SpecialIds(mask=1, eos=2, pad=0),  # tasks/tokenizer.py; the loaded tokenizer's ids are used
     positions=lambda config: config.get("n_positions"),

@@ -39,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from d3llm_pipeline.config.schema import ConfigError
+from d3llm_pipeline.errors import ConfigError
 
 RUNNER = Path(__file__).with_name("_sandbox_runner.py")
 STATUSES = ("passed", "failed", "timed_out", "error")

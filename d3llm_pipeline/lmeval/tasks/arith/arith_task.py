@@ -1,7 +1,7 @@
 """Dataset loader and grader of the lm-eval `arith` task (arith.yaml next to this file; lm-eval imports this
 module through the YAML's `!function` tags). Offline: the documents are made from the seed.
 
-    docs = load_arith(arith_seed=0, arith_n=50)["test"]   # a datasets.Dataset: prompt, response, answer
+    docs = load_arith(arith_n=50)["test"]                  # a datasets.Dataset: prompt, response, answer
     process_results(docs[0], ["5 - 4 = 1 #### 1"])       # {"exact_match": ..., "chain_correct": ...}
 """
 
@@ -12,12 +12,15 @@ from typing import Any
 from d3llm_pipeline.tasks import arith
 
 
-def arith_problems(arith_seed: int = 0, arith_n: int | None = None, arith_split: str = "test") -> list[arith.Problem]:
-    """The problems of a split of the default task config (the first `arith_n` of them)."""
-    cfg = arith.ArithConfig(seed=int(arith_seed), n_train=0)  # held-out splits never depend on n_train
+def arith_problems(arith_seed: int | None = None, arith_n: int | None = None,
+                   arith_split: str = "test") -> list[arith.Problem]:
+    """The problems of a split of the pipeline's task=arith (tasks/arith.py ArithTask: the same problems stage=eval
+    decodes; arith_seed: another task.seed), the first `arith_n` of them."""
+    seed = arith.ArithTask.seed if arith_seed is None else int(arith_seed)
+    task = arith.ArithTask(seed=seed, n_train=0)  # held-out splits never depend on n_train
     if arith_split not in ("test", "validation"):
         raise ValueError(f"arith_split must be test or validation, got {arith_split!r}")
-    problems = arith.make_splits(cfg)[arith_split]
+    problems = task.problems(arith_split)
     return problems if arith_n is None else problems[: int(arith_n)]
 
 
