@@ -35,6 +35,7 @@ from d3llm_pipeline.config.decode_presets import model_section, pipeline_task_of
 from d3llm_pipeline.decoding import DecodeSpec, decode, tokens_per_forward
 from d3llm_pipeline.errors import ConfigError
 from d3llm_pipeline.evaluation import compile_warmup
+from d3llm_pipeline.models.families import EMBEDDED_FAMILY
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ class D3LLMEvalModel(LM):
             lm, tokenizer, family = self._load(pretrained, family, dtype, device, attn_implementation, backend)
         if tokenizer is None:
             raise ConfigError(f"{pretrained} holds no tokenizer, which lm-eval needs to encode its prompts")
-        self.lm, self.tokenizer, self.family = lm, tokenizer, family or "tiny"
+        self.lm, self.tokenizer, self.family = lm, tokenizer, family or EMBEDDED_FAMILY
         self.pretrained = str(pretrained) if pretrained is not None else type(lm).__name__
         self._device = next(lm.parameters()).device
         self.decode_name = str(decode)
@@ -120,7 +121,7 @@ class D3LLMEvalModel(LM):
         # a resolved spec (gen_length included) replaces the preset and the knobs
         self.knobs = dataclasses.asdict(spec) if spec is not None else self._resolve(None)
         self.batch_size = int(str(batch_size).split(":")[0]) if str(batch_size) != "auto" else 16
-        if prompt_length is None and self.family == "tiny":
+        if prompt_length is None and self.family == EMBEDDED_FAMILY:
             prompt_length = 24  # the embedded teacher learned absolute positions with prompts padded to 24
         # 0 = left-pad per batch with an attention mask (the real-model layout) even for the tiny family
         self.prompt_length = int(prompt_length) if prompt_length else None

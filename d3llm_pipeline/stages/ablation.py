@@ -37,6 +37,7 @@ from d3llm_pipeline.config.schema import load_section
 from d3llm_pipeline.config.stage_schemas import ABLATION_VARIANTS, AblationStageConfig
 from d3llm_pipeline.errors import ConfigError
 from d3llm_pipeline.fileio import atomic_write_json, atomic_write_text
+from d3llm_pipeline.models.families import EMBEDDED_FAMILY
 from d3llm_pipeline.reporting.ablation_table import (
     ablation_rows,
     as_lists,
@@ -87,7 +88,7 @@ def seed_student_dir(cfg: DictConfig, base: list[str], seed: int) -> list[str]:
 def run(cfg: DictConfig) -> dict[str, Any]:
     stage = load_section(cfg.stage, AblationStageConfig, "stage")
     out_dir = Path(output_dir_of(cfg))
-    tiny = cfg.model.family == "tiny"
+    tiny = cfg.model.family == EMBEDDED_FAMILY
     user = user_overrides(cfg)
     bases = {variant: variant_overrides(user, variant) for variant in stage.variants}  # fail fast, before training
     # the training steps: (dir, name, overrides, base); one teacher and one trajectory set (seeds are training

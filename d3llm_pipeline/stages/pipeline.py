@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from d3llm_pipeline.config.schema import load_section
 from d3llm_pipeline.config.stage_schemas import PipelineStageConfig
 from d3llm_pipeline.fileio import atomic_write_text
+from d3llm_pipeline.models.families import EMBEDDED_FAMILY
 from d3llm_pipeline.reporting.aggregate import build_report, collect_runs, leaderboard, write_report
 from d3llm_pipeline.reporting.wandb_report import log_report
 from d3llm_pipeline.stages import output_dir_of
@@ -34,7 +35,7 @@ def sweep_model(cfg: DictConfig, model: str) -> list[str]:
     any preset, so a preset cannot switch it): the teacher as configured; the student is the merged model
     stage=distill wrote (`paths.student_dir/merged`, in the teacher's format), named `<teacher name>-student`.
     """
-    if cfg.model.family == "tiny":
+    if cfg.model.family == EMBEDDED_FAMILY:
         return [f"model={model}"]
     if model == "tiny":  # the teacher (sweep dirs keep their tiny_<decoder> names)
         return []
@@ -44,7 +45,7 @@ def sweep_model(cfg: DictConfig, model: str) -> list[str]:
 def run(cfg: DictConfig) -> dict[str, Any]:
     stage = load_section(cfg.stage, PipelineStageConfig, "stage")
     out_dir = Path(output_dir_of(cfg))
-    tiny = cfg.model.family == "tiny"
+    tiny = cfg.model.family == EMBEDDED_FAMILY
     for step in ("teacher", "trajectory", "distill")[0 if tiny else 1:]:  # every dir they write: new or ours
         check_step(cfg, out_dir, step, f"stage={step}")
     teacher_step(cfg, out_dir)

@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from d3llm_pipeline import artifacts
 from d3llm_pipeline.config.validate import validate_config
 from d3llm_pipeline.errors import ConfigError
+from d3llm_pipeline.models.families import EMBEDDED_FAMILY
 from d3llm_pipeline.stages import call_stage, finish_wandb
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ def run_step(cfg: DictConfig, out_dir: Path, name: str, *overrides: str,
 def teacher_step(cfg: DictConfig, out_dir: Path) -> None:
     """The teacher step of stage=pipeline / stage=ablation: stage=teacher trains the tiny family; a real family's
     teacher is the checkpoint at model.path, used as it is (checked here, never trained over)."""
-    if cfg.model.family == "tiny":
+    if cfg.model.family == EMBEDDED_FAMILY:
         run_step(cfg, out_dir, "teacher", "stage=teacher")
         return
     from d3llm_pipeline.config.schema import ModelConfig, load_section, load_task

@@ -19,7 +19,6 @@ module + one conf/task/<name>.yaml (`defaults: [_<kind>, _self_]` plus the value
 
 from __future__ import annotations
 
-import ast
 import functools
 import importlib
 from dataclasses import asdict, dataclass
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 from d3llm_pipeline.errors import ConfigError
+from d3llm_pipeline.registry import modules_defining
 
 
 class Graded(NamedTuple):
@@ -91,15 +91,9 @@ class Task:
 
 @functools.cache
 def task_kinds() -> tuple[str, ...]:
-    """The kinds this package defines: the modules of d3llm_pipeline/tasks/ with a top-level `TASK = ...`, read from
-    their source (a kind's module is imported only when it is used: it may pull in datasets or lm-eval helpers)."""
-    kinds = []
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        tree = ast.parse(path.read_text(), str(path))
-        if any(isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "TASK" for t in node.targets)
-               for node in tree.body):
-            kinds.append(path.stem)
-    return tuple(kinds)
+    """The kinds this package defines: the modules of d3llm_pipeline/tasks/ with a top-level `TASK = ...` (read, not
+    imported: a kind's module may pull in datasets or lm-eval helpers, so it is imported when it is used)."""
+    return modules_defining(Path(__file__).parent, "TASK")
 
 
 def task_class(kind: str) -> type[Task]:

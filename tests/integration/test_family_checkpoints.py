@@ -207,7 +207,7 @@ def test_stage_loader_checks_fit_and_loads_a_real_family():
     assert lm.shift_logits and tokenizer is None and lm.model.config._attn_implementation == "eager"
     with pytest.raises(ConfigError, match="model.attn_implementation must be sdpa or eager"):
         ModelConfig(attn_implementation="flash")
-    with pytest.raises(ConfigError, match="model.family must be one of: tiny, llada, dream"):
+    with pytest.raises(ConfigError, match="model.family must be one of: dream, llada, tiny"):
         ModelConfig(family="mamba")
 
 

@@ -1,7 +1,8 @@
 """The model-family registry: which dLLM families load, and how `model.family` / config.json select one.
 
-Each family module (tiny.py, llada.py, dream.py) owns its quirks: special ids, logit alignment, native config and
-parameter names, LoRA targets, max positions. Importing this package does not import torch.
+Each family module (tiny.py, llada.py, dream.py: any module here with a top-level `FAMILY = ...`) owns its quirks:
+special ids, logit alignment, native config and parameter names, LoRA targets, max positions, released shapes.
+Importing this package does not import torch.
 
     from d3llm_pipeline.models.families import get_family, load_model
     lm, tok = load_model("/ckpt/llada", "llada", dtype="bfloat16", device="cuda")   # (adapter, tokenizer | None)
@@ -10,18 +11,22 @@ parameter names, LoRA targets, max positions. Importing this package does not im
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 from typing import Any
 
 from d3llm_pipeline.decoding.spec import DecodeDefaults
 from d3llm_pipeline.errors import ConfigError
-from d3llm_pipeline.models.families import dream, llada, tiny
-from d3llm_pipeline.models.families.base import Family, SpecialIds
+from d3llm_pipeline.models.families.base import Family, SpecialIds, registered
 from d3llm_pipeline.models.families.checkpoint import TEACHER_CMD
+from d3llm_pipeline.registry import modules_defining
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (tiny.FAMILY, llada.FAMILY, dream.FAMILY)}
-EMBEDDED_FAMILY = tiny.FAMILY.name  # the embedded teacher: model.family's default, the one family stage=teacher trains
+# Every module of this package with a top-level `FAMILY = ...` is a family (registry.py): adding one is that module.
+for _module in modules_defining(Path(__file__).parent, "FAMILY"):
+    importlib.import_module(f"{__name__}.{_module}")  # a family registers itself as it is built (base.registered)
+FAMILIES: dict[str, Family] = registered()
+EMBEDDED_FAMILY = "tiny"  # the embedded teacher: model.family's default, the one family stage=teacher trains
 
 __all__ = ["EMBEDDED_FAMILY", "FAMILIES", "DecodeDefaults", "Family", "SpecialIds", "detect_family", "family_of", "get_family",
            "load_model"]

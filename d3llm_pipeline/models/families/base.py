@@ -14,7 +14,7 @@ what it needs and never tests a family's name. Nothing here imports another modu
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,12 @@ class Family:
     # config.json -> the longest sequence the model was built for (None: no limit known)
     positions: Callable[[dict], int | None] | None = None
     decode_defaults: DecodeDefaults = DecodeDefaults()  # handed to the adapter (lm.decode_defaults)
+    # The released checkpoint's config.json fields that set its shapes (families/shapes.py builds an 8B-shaped model
+    # from them, without weights), and their names for (layers, hidden, heads, kv heads, MLP, (vocab, ...)).
+    released_config: dict[str, Any] | None = field(default=None, compare=False)
+    shape_fields: tuple | None = None
+    # The official tokenizer's strings for the special ids {"mask", "eos", "eot"} (fixture_tokenizer.py writes them)
+    special_tokens: dict[str, str] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         _REGISTERED[self.name] = self

@@ -61,4 +61,13 @@ FAMILY = OfficialFamily(
     # stabilising block, so later complete blocks are stamped (and can stabilise) at once
     decode_defaults=DecodeDefaults(accept_global_best=False, inclusive_threshold=False,
                                    cache_scan_stops_at_stabilising=False),
+    # Dream-org/Dream-v0-Instruct-7B's config.json (a Qwen2.5-7B layout)
+    released_config={
+        "model_type": "Dream", "hidden_size": 3584, "num_attention_heads": 28, "num_key_value_heads": 4,
+        "num_hidden_layers": 28, "intermediate_size": 18944, "vocab_size": 152064, "max_position_embeddings": 131072,
+        "rope_theta": 1000000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": False, "hidden_act": "silu",
+    },
+    shape_fields=("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads",
+                  "intermediate_size", ("vocab_size",)),
+    special_tokens={"mask": "<|mask|>", "eos": "<|endoftext|>", "eot": "<|im_end|>"},
 )

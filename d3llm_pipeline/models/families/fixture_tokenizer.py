@@ -26,22 +26,16 @@ from transformers import PreTrainedTokenizerFast
 from d3llm_pipeline.models.families import detect_family
 from d3llm_pipeline.tasks.arith import EOS, MASK, PAD, VOCAB
 
-# The official tokenizers' strings for the family's special ids (their tokenizer_config.json files).
-SPECIAL_NAMES = {
-    "llada": {"mask": "<|mdm_mask|>", "eos": "<|endoftext|>", "eot": "<|eot_id|>"},
-    "dream": {"mask": "<|mask|>", "eos": "<|endoftext|>", "eot": "<|im_end|>"},
-}
-
 
 def build_fixture_tokenizer(config: dict, extra_words: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
     """The tokenizer for a checkpoint's config.json (a dict): arith words at ids 0.., specials at the family's ids."""
     family = detect_family(config)
-    if family is None or family.name not in SPECIAL_NAMES:
+    if family is None or not family.special_tokens:
         raise ValueError(f"config.json model_type {config.get('model_type')!r} is not an official LLaDA / Dream one")
     ids = family.special_ids(config)
     if ids.pad != ids.eos:  # both official families share the id; a separate PAD would need its own string
         raise ValueError(f"{family.name}: PAD {ids.pad} != EOS {ids.eos}; this helper assumes PAD == EOS")
-    names = SPECIAL_NAMES[family.name]
+    names = family.special_tokens  # the official tokenizer's strings (its tokenizer_config.json)
     size = int(config["vocab_size"])
     special = {names["mask"]: ids.mask, names["eos"]: ids.eos}
     if ids.eot is not None:

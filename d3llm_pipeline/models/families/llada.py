@@ -111,4 +111,12 @@ FAMILY = OfficialFamily(
     # its cached decoder stops scanning for blocks to cache at the first one still stabilising
     decode_defaults=DecodeDefaults(accept_global_best=True, inclusive_threshold=True,
                                    cache_scan_stops_at_stabilising=True),
+    # GSAI-ML/LLaDA-8B-Instruct's config.json (8.02 B parameters)
+    released_config={
+        "model_type": "llada", "d_model": 4096, "n_heads": 32, "n_kv_heads": 32, "n_layers": 32,
+        "mlp_hidden_size": 12288, "vocab_size": 126464, "embedding_size": 126464, "max_sequence_length": 4096,
+        "rope_theta": 500000.0, "rms_norm_eps": 1e-5, "weight_tying": False, "activation_type": "silu",
+    },
+    shape_fields=("n_layers", "d_model", "n_heads", "n_kv_heads", "mlp_hidden_size", ("vocab_size", "embedding_size")),
+    special_tokens={"mask": "<|mdm_mask|>", "eos": "<|endoftext|>", "eot": "<|eot_id|>"},
 )

@@ -1,7 +1,7 @@
 """The published architectures of the real presets (LLaDA-8B, Dream-7B), without their weights.
 
-Benchmarks and the memory estimate need an 8B-shaped model, not an 8B checkpoint: `SHAPES` holds each preset's
-official config.json fields that set shapes (from the released checkpoints' config.json), `official_config`
+Benchmarks and the memory estimate need an 8B-shaped model, not an 8B checkpoint: each family holds its released
+checkpoint's config.json fields that set shapes (`Family.released_config`), `official_config`
 applies smaller overrides (a tiny model with the same code path for CPU smoke runs), `meta_model_of` builds the
 native module on the meta device (no storage) and `random_model` materialises it with random weights.
 
@@ -17,33 +17,21 @@ from typing import Any
 
 import torch
 
-# Shape fields of the released config.json files (LLaDA: GSAI-ML/LLaDA-8B-Instruct; Dream: Dream-org/Dream-v0-
-# Instruct-7B, a Qwen2.5-7B layout). Special ids come from the family defaults.
-SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
-    "llada_8b_instruct": ("llada", {
-        "model_type": "llada", "d_model": 4096, "n_heads": 32, "n_kv_heads": 32, "n_layers": 32,
-        "mlp_hidden_size": 12288, "vocab_size": 126464, "embedding_size": 126464, "max_sequence_length": 4096,
-        "rope_theta": 500000.0, "rms_norm_eps": 1e-5, "weight_tying": False, "activation_type": "silu",
-    }),
-    "dream_7b_instruct": ("dream", {
-        "model_type": "Dream", "hidden_size": 3584, "num_attention_heads": 28, "num_key_value_heads": 4,
-        "num_hidden_layers": 28, "intermediate_size": 18944, "vocab_size": 152064, "max_position_embeddings": 131072,
-        "rope_theta": 1000000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": False, "hidden_act": "silu",
-    }),
-}
-# the same presets under their d3LLM / dParallel names (same architectures)
-ALIASES = {"d3llm_llada": "llada_8b_instruct", "dparallel_llada": "llada_8b_instruct",
-           "d3llm_dream": "dream_7b_instruct", "llada": "llada_8b_instruct", "dream": "dream_7b_instruct"}
-# official field names per family: layers, hidden, heads, kv heads, mlp, vocab
-_FIELDS = {
-    "llada": ("n_layers", "d_model", "n_heads", "n_kv_heads", "mlp_hidden_size", ("vocab_size", "embedding_size")),
-    "dream": ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size",
-              ("vocab_size",)),
-}
+# The model presets whose architecture is a family's released one (conf/model/<preset>.yaml), besides the family
+# names themselves; each family's shapes are its own (families/<family>.py: released_config, shape_fields).
+ALIASES = {"llada_8b_instruct": "llada", "d3llm_llada": "llada", "dparallel_llada": "llada",
+           "dream_7b_instruct": "dream", "d3llm_dream": "dream"}
+
+
+def _released() -> dict[str, str]:
+    """Every name official_config takes -> its family: the families with a released architecture, and ALIASES."""
+    from d3llm_pipeline.models.families import FAMILIES
+
+    return {**{name: name for name, f in FAMILIES.items() if f.released_config}, **ALIASES}
 
 
 def preset_names() -> list[str]:
-    return sorted([*SHAPES, *ALIASES])
+    return sorted(_released())
 
 
 def official_config(preset: str, layers: int | None = None, hidden: int | None = None, vocab: int | None = None,
@@ -53,12 +41,14 @@ def official_config(preset: str, layers: int | None = None, hidden: int | None =
     hidden scales the MLP with it (same ratio) and keeps the head size when `heads` is not given (at least 1
     head; Dream's kv heads keep their 7:1 grouping where they divide). A vocabulary smaller than the family's
     special ids moves MASK to vocab-1 and EOS = PAD to vocab-2."""
-    key = ALIASES.get(preset, preset)
-    if key not in SHAPES:
+    from d3llm_pipeline.models.families import get_family
+
+    family = _released().get(preset)
+    if family is None:
         raise ValueError(f"unknown model preset {preset!r}; choose one of: {', '.join(preset_names())}")
-    family, base = SHAPES[key]
+    base = get_family(family).released_config
     config = dict(base)
-    f_layers, f_hidden, f_heads, f_kv, f_mlp, f_vocab = _FIELDS[family]
+    f_layers, f_hidden, f_heads, f_kv, f_mlp, f_vocab = get_family(family).shape_fields
     if layers is not None:
         config[f_layers] = layers
     if hidden is not None:
@@ -71,8 +61,6 @@ def official_config(preset: str, layers: int | None = None, hidden: int | None =
                        f_mlp: base[f_mlp] * hidden // base[f_hidden]})
     if vocab is not None:
         config.update({f: vocab for f in f_vocab})
-        from d3llm_pipeline.models.families import get_family
-
         ids = get_family(family).defaults
         if max(ids.mask, ids.eos, ids.pad) >= vocab:  # keep the special ids inside a smaller vocabulary
             config.update({"mask_token_id": vocab - 1, "eos_token_id": vocab - 2, "pad_token_id": vocab - 2})
