@@ -1,6 +1,9 @@
 # d3llm-pipeline — `make help` lists the targets. Each target is one command; no logic hides here.
 PY ?= .venv/bin/python
 PIP ?= .venv/bin/pip
+# pytest-xdist workers for make test: one per core of the 2-core CI machine (each test runs torch on 1 thread; a
+# file's tests stay on one worker, so its module fixtures are built once)
+TEST_WORKERS ?= 2
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
@@ -13,11 +16,11 @@ help:  ## list the targets
 setup:  ## create .venv and install the package (editable) with dev extras; torch is the pinned CPU wheel
 	python3 -m venv .venv && $(PIP) install -q --upgrade pip && $(PIP) install -q -e '.[dev]'
 
-test: lint  ## lint, then the test suite (offline, CPU, excludes tests marked slow); prints the 15 slowest tests
-	$(PY) -m pytest -m "not slow" -q --durations=15
+test: lint  ## lint, then the test suite (offline, CPU, excludes slow ones) on TEST_WORKERS processes; the 15 slowest
+	$(PY) -m pytest -m "not slow" -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 test-all:  ## run every test, slow ones included
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-gpu:  ## the CUDA checks (tests/gpu/; they skip without a GPU): fixtures, batching, cache, host syncs
 	$(PY) -m pytest -m gpu -q

@@ -17,6 +17,7 @@ then `decode_defaults.<key>`, then the preset's fallback, then the schema's defa
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 from collections.abc import Mapping
@@ -60,14 +61,23 @@ def decode_default_resolver(key: str, fallback: Any = _MISSING, *, _root_: DictC
 
 
 def _compose(overrides: list[str]) -> DictConfig:
-    """The whole config composed from the package's conf/ (inside a running Hydra app: its own search path)."""
-    from hydra import compose, initialize_config_dir
+    """The whole config composed from the package's conf/ (inside a running Hydra app: its own search path), a copy
+    the caller may change."""
+    from hydra import compose
     from hydra.core.global_hydra import GlobalHydra
 
     if GlobalHydra.instance().is_initialized():
         return compose(config_name="config", overrides=overrides)
+    return copy.deepcopy(_compose_standalone(tuple(overrides)))
+
+
+@functools.lru_cache(maxsize=64)
+def _compose_standalone(overrides: tuple[str, ...]) -> DictConfig:
+    """Composed once per override list outside a Hydra app (the lm-eval model resolves a preset per task)."""
+    from hydra import compose, initialize_config_dir
+
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+        return compose(config_name="config", overrides=list(overrides))
 
 
 def _preset(group: str, name: str, key: str) -> str:

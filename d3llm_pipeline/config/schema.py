@@ -13,6 +13,7 @@ message names the key to change and how, e.g.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
@@ -162,6 +163,22 @@ class CurriculumConfig:
 
 
 @dataclass
+class DistillOptimConfig:
+    """A recipe's optimisation. stage=distill takes these as its defaults (`stage.lr: ${distill.optim.lr}`, ...), so
+    choosing a recipe (distill=llada) sets them and `stage.<key>=` still wins; the stage keys are what fingerprints
+    record (config/stage_schemas.py DistillStageConfig)."""
+
+    epochs: int = 6  # the window curriculum is per epoch (d3LLM LLaDA: 6)
+    batch_size: int = 32  # the global batch, whatever the device count (d3LLM: 4 x 4 accumulation x 4 GPUs = 64)
+    lr: float = 1e-3  # AdamW peak: LoRA on a 0.8 M model (d3LLM: 2e-5 on 8 B)
+    warmup_steps: int = 20
+    warmup_fraction: float = 0.0  # > 0: warm up over this fraction of all steps instead (d3LLM Dream: 0.05)
+    min_lr_ratio: float = 1.0  # 1.0 = constant after warm-up (d3LLM LLaDA); < 1 = cosine decay to lr x this
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+
+
+@dataclass
 class DistillConfig:
     """The `distill` section: the recipe. Defaults are the embedded recipe (conf/distill/tiny.yaml: d3LLM's, scaled
     to the 0.8 M tiny teacher); conf/distill/{llada,dream,dparallel}.yaml hold what their recipes change."""
@@ -173,6 +190,7 @@ class DistillConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     loss: DistillLossSection = field(default_factory=DistillLossSection)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    optim: DistillOptimConfig = field(default_factory=DistillOptimConfig)
 
     def __post_init__(self) -> None:
         check(self.masking in ("trajectory", "random"),
@@ -182,6 +200,12 @@ class DistillConfig:
 
 
 T = TypeVar("T")
+
+
+@functools.cache
+def _structured(schema: type) -> DictConfig:
+    """A schema as an OmegaConf config, built once (its interpolation defaults are parsed on building)."""
+    return OmegaConf.structured(schema)
 
 
 def load_section(section: DictConfig | dict[str, Any], schema: type[T], key: str) -> T:
@@ -196,7 +220,7 @@ def load_section(section: DictConfig | dict[str, Any], schema: type[T], key: str
         raise ConfigError(f"unknown key(s) {', '.join(f'{key}.{u}' for u in unknown)}; "
                           f"valid keys: {', '.join(sorted(known))}")
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), data)
+        merged = OmegaConf.merge(_structured(schema), data)  # (merge copies: the cached schema is never changed)
         return OmegaConf.to_object(merged)  # runs __post_init__
     except OmegaConfBaseException as err:
         full_key = f"{key}.{err.full_key}" if getattr(err, "full_key", None) else key

@@ -139,13 +139,15 @@ class DistillStageConfig:
     teacher_path: str = "${model.path}"
     # adapter/ + merged/; under -m each job's own students/<job overrides>
     out_dir: str = "${per_job:${paths.student_dir},${paths.artifacts_dir}/students}"
-    epochs: int = 6  # the window curriculum is per epoch (d3LLM LLaDA: 6)
-    batch_size: int = 32
-    lr: float = 1e-3  # LoRA on a 0.8 M model; d3LLM uses 2e-5 on 8 B
-    warmup_steps: int = 20
-    min_lr_ratio: float = 1.0  # 1.0 = constant after warm-up (d3LLM LLaDA); < 1 = cosine decay
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
+    # the recipe's optimisation (config/schema.py DistillOptimConfig: distill=<recipe> sets it), overridable here
+    epochs: int = "${distill.optim.epochs}"  # type: ignore[assignment]
+    batch_size: int = "${distill.optim.batch_size}"  # type: ignore[assignment]  # the global batch
+    lr: float = "${distill.optim.lr}"  # type: ignore[assignment]
+    warmup_steps: int = "${distill.optim.warmup_steps}"  # type: ignore[assignment]
+    warmup_fraction: float = "${distill.optim.warmup_fraction}"  # type: ignore[assignment]  # > 0: of all steps
+    min_lr_ratio: float = "${distill.optim.min_lr_ratio}"  # type: ignore[assignment]  # 1.0 = constant after warm-up
+    weight_decay: float = "${distill.optim.weight_decay}"  # type: ignore[assignment]
+    grad_clip: float = "${distill.optim.grad_clip}"  # type: ignore[assignment]
     val_every: int = 200
     val_problems: int = 200
     checkpoint_every: int = 100
@@ -164,6 +166,11 @@ class DistillStageConfig:
         check_nonneg(self, "stage", "warmup_steps", "weight_decay", "grad_clip")
         check(self.lr > 0, f"stage.lr must be > 0, got {self.lr}")
         check(0 <= self.min_lr_ratio <= 1, f"stage.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        check(0 <= self.warmup_fraction < 1, f"stage.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+
+    def warmup_for(self, max_steps: int) -> int:
+        """The warm-up steps of a run of `max_steps`: warmup_fraction of them when it is set, else warmup_steps."""
+        return round(self.warmup_fraction * max_steps) if self.warmup_fraction > 0 else self.warmup_steps
 
 
 @dataclass

@@ -66,13 +66,18 @@ RECIPE_KEYS = ("epochs", "batch_size", "lr", "warmup_steps", "min_lr_ratio", "we
 
 
 def student_identity(cfg: DictConfig, stage: DistillStageConfig, distill: DistillConfig) -> dict[str, Any]:
-    """Every setting that shapes the student, keyed as the user types it (inputs by their own fingerprints)."""
+    """Every setting that shapes the student, keyed as the user types it (inputs by their own fingerprints). The
+    recipe's optimisation enters as the stage.* keys it defaults (what ran, whoever set it); warmup_fraction only
+    when set (it was added later: at 0, the identity students were made with)."""
+    recipe = {k: v for k, v in asdict(distill).items() if k != "optim"}
     return {
         "seed": int(cfg.seed),
         "teacher (stage.teacher_path)": artifacts.model_fingerprint(stage.teacher_path),
         "trajectories (stage.trajectories)": dataset_fingerprint(stage.trajectories),
-        **artifacts.flatten("distill", asdict(distill)),
-        **{f"stage.{key}": getattr(stage, key) for key in RECIPE_KEYS}, **trainer_identity(cfg),
+        **artifacts.flatten("distill", recipe),
+        **{f"stage.{key}": getattr(stage, key) for key in RECIPE_KEYS},
+        **({"stage.warmup_fraction": stage.warmup_fraction} if stage.warmup_fraction else {}),
+        **trainer_identity(cfg),
     }
 
 
@@ -143,7 +148,8 @@ def _distill(cfg: DictConfig, stage: DistillStageConfig, distill: DistillConfig,
             log.info("distill: task=%s has no graded validation split; no validation during training (evaluate "
                      "the student with stage=eval task=<benchmark>)", task.name)
     module = DistillModule(student, distill, lr=stage.lr, weight_decay=stage.weight_decay,
-                           warmup_steps=stage.warmup_steps, max_steps=max_steps, min_lr_ratio=stage.min_lr_ratio,
+                           warmup_steps=stage.warmup_for(max_steps), max_steps=max_steps,
+                           min_lr_ratio=stage.min_lr_ratio,
                            seed=int(cfg.seed), val_every=stage.val_every, evaluator=evaluator)
     curriculum = distill.curriculum
     callbacks = [

@@ -100,7 +100,8 @@ def test_distill_dry_run_estimates_the_configured_run_without_weights(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["job"]  # no artifacts, no lock, no checkpoints
     ddp = call_stage(compose_at(tmp_path, "stage=distill", "model=llada_8b_instruct", "distill=llada", "trainer=ddp",
                                 "task=dparallel_prompts", "stage.dry_run=true", f"+output_dir={out}"))
-    assert ddp["per_device_bytes"] == estimate(big, 256, "ddp", devices=8, batch=4, checkpointing=True).total
+    # without stage.batch_size: the LLaDA recipe's global batch of 64 (distill.optim.batch_size), 8 per device
+    assert ddp["per_device_bytes"] == estimate(big, 256, "ddp", devices=8, batch=8, checkpointing=True).total
 
 
 def test_distill_dry_run_reads_a_local_teacher_config(tmp_path):
