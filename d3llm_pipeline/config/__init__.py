@@ -4,6 +4,9 @@ OmegaConf resolvers our YAML files use (here, registered on import):
 
 `${decode_default:<key>[,<fallback>]}`: a decode knob's value for the model preset and task (decode_presets.py).
 
+`${by_family:{tiny: 16, llada: 128, dream: 32}}`: the value for the run's model.family (a method whose settings
+differ per model family, e.g. dParallel's LoRA rank, stays one file that works on top of any family's recipe).
+
 `${cwd:}` is the directory the command was started from. (Hydra's `${hydra:runtime.cwd}` is not available when
 the launcher resolves `hydra.sweep.dir`, so paths must not depend on it.)
 
@@ -100,6 +103,17 @@ def _per_job(single: str, root: str, *, _root_) -> str:
     return f"{root}/{job_dirname(list(hydra_cfg.overrides.task), swept_keys(hydra_cfg.sweep.dir))}"
 
 
+def by_family(table, *, _root_) -> object:
+    """${by_family:{<family>: <value>, ...}}: table[model.family]; a family the table lacks is one error line."""
+    from d3llm_pipeline.errors import ConfigError
+
+    family = _root_.model.family
+    if family not in table:
+        raise ConfigError(f"its by_family table has no value for model.family={family} (only {', '.join(table)}); "
+                          "set the key on the command line or add the family to the table")
+    return table[family]
+
+
 def _on_gpu(accelerator) -> bool:
     """${on_gpu:${trainer.accelerator}}: whether a Lightning accelerator value trains on GPUs (stage defaults such
     as gradient checkpointing follow it: trainer=gpu|ddp|fsdp turn it on, trainer.accelerator=cpu keeps it off)."""
@@ -129,6 +143,8 @@ if not OmegaConf.has_resolver("job_device"):
     OmegaConf.register_new_resolver("job_device", _job_device)
 if not OmegaConf.has_resolver("on_gpu"):
     OmegaConf.register_new_resolver("on_gpu", _on_gpu)
+if not OmegaConf.has_resolver("by_family"):
+    OmegaConf.register_new_resolver("by_family", by_family)
 if not OmegaConf.has_resolver("cwd"):
     OmegaConf.register_new_resolver("cwd", os.getcwd)
 if not OmegaConf.has_resolver("per_job"):

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from d3llm_pipeline.decoding.spec import DecodeSpec, check_spec
+from d3llm_pipeline.decoding.spec import RULES, DecodeSpec, check_spec
 from d3llm_pipeline.errors import ConfigError, check
 from d3llm_pipeline.models.families import EMBEDDED_FAMILY, FAMILIES
 from d3llm_pipeline.models.families.base import DEFAULT_LORA_TARGETS, DTYPE_BYTES
@@ -197,6 +197,36 @@ class DistillConfig:
                f"distill.masking must be trajectory or random, got {self.masking!r}")
         check(self.targets in ("teacher", "reference"),
                f"distill.targets must be teacher or reference, got {self.targets!r}")
+
+
+@dataclass
+class SuiteConfig:
+    """The `suite` section: what stage=pipeline and stage=ablation run their steps on. The embedded default runs
+    everything on `task`; a real-model experiment (conf/experiment/d3llm_llada.yaml) labels and distils on a prompt
+    set and sweeps the paper's benchmarks, each scored against the paper's y_max."""
+
+    train_task: str | None = None  # the conf/task preset of the trajectory and distill steps; null: `task`
+    eval_tasks: list[str] = field(default_factory=list)  # conf/task presets the sweeps decode; empty: [`task`]
+    # entropy τ of every threshold / d3llm sweep (curves compare only over the same list: AUP grows with points)
+    thresholds: list[float] = field(default_factory=lambda: [0.05, 0.2, 0.3, 0.5, 0.6, 1.0, 1.5, 2.2])
+    # the decoders (conf/decode presets) the teacher and the student are swept with; teacher / d3llm is the control
+    # that separates distillation from the decoder
+    teacher_decoders: list[str] = field(default_factory=lambda: list(RULES))
+    student_decoders: list[str] = field(default_factory=lambda: ["threshold", "d3llm"])
+    # AUP's y_max per task name (the leaderboard's: the best accuracy of any method, method.md §8); a task without
+    # one is scored against the best accuracy among the report's own runs
+    y_max: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check(len(self.thresholds) >= 1 and all(t > 0 for t in self.thresholds),
+              f"suite.thresholds must be positive entropy thresholds, got {self.thresholds}")
+        bad = {task: v for task, v in self.y_max.items() if not 0 < v <= 100}
+        check(not bad, f"suite.y_max values must be accuracies in (0, 100], got {bad}")
+        check(len(set(self.eval_tasks)) == len(self.eval_tasks), f"suite.eval_tasks lists a task twice: "
+              f"{self.eval_tasks}")
+        for key in ("teacher_decoders", "student_decoders"):
+            bad = sorted(set(getattr(self, key)) - set(RULES))
+            check(not bad, f"suite.{key} may hold {', '.join(RULES)} (the decode presets); got {bad}")
 
 
 T = TypeVar("T")

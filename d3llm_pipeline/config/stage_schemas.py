@@ -187,6 +187,7 @@ class ReportStageConfig:
 
 PIPELINE_STEPS = ("teacher", "trajectory", "distill", "eval")
 TRAINING_STAGES = ("teacher", "distill", "pipeline", "ablation")  # the stages that read the trainer group
+STEP_STAGES = ("pipeline", "ablation")  # stages that run other stages as steps (each step validated on its own)
 
 
 def _no_step_overrides() -> dict[str, list[str]]:
@@ -216,11 +217,11 @@ def check_steps(step_overrides: dict[str, list[str]], thresholds: list[float]) -
 @dataclass
 class PipelineStageConfig:
     name: str = "pipeline"
-    # entropy τ for every threshold / d3llm sweep
-    thresholds: list[float] = field(default_factory=lambda: [0.05, 0.2, 0.3, 0.5, 0.6, 1.0, 1.5, 2.2])
-    # teacher / d3llm: the control that separates distillation from the decoder
-    teacher_decoders: list[str] = field(default_factory=lambda: list(DECODERS))
-    student_decoders: list[str] = field(default_factory=lambda: ["threshold", "d3llm"])
+    # entropy τ for every threshold / d3llm sweep: the suite's grid (config/schema.py SuiteConfig)
+    thresholds: list[float] = "${suite.thresholds}"  # type: ignore[assignment]
+    # the decoders each model is swept with: the suite's (config/schema.py SuiteConfig)
+    teacher_decoders: list[str] = "${suite.teacher_decoders}"  # type: ignore[assignment]
+    student_decoders: list[str] = "${suite.student_decoders}"  # type: ignore[assignment]
     # extras for one step only, e.g. "stage.step_overrides.teacher=['stage.max_steps=100']" (stage.* keys differ)
     step_overrides: dict[str, list[str]] = field(default_factory=_no_step_overrides)
 
@@ -238,7 +239,7 @@ ABLATION_VARIANTS: dict[str, tuple[str, str]] = {
     "full": ("decode", "reference: d3LLM student, multi-block decoding, early stop"),
     "random_masking": ("distill", "random masks instead of the teacher's unmask order"),
     "no_mask_ratio_curriculum": ("distill", "mask ratio r ~ U(0, 0.8) all run long (no progressive noise)"),
-    "no_window_curriculum": ("distill", "fixed 16-token window (no window curriculum)"),
+    "no_window_curriculum": ("distill", "one fixed window of a decode block (no window curriculum)"),
     "dparallel": ("distill", "dParallel recipe: random masks at r = 0.5, no curricula, no /4"),
     "single_block": ("decode", "single-block threshold decoding (decode=threshold)"),
     "kv_cache": ("decode", "prefix KV cache, delayed caching (decode.kv_cache=true)"),
@@ -258,6 +259,9 @@ class AblationStageConfig:
     # (seed 0 = the run's own students, e.g. make demo's)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     reuse_evals: bool = True  # evals already on disk with the same model + settings are reused (re-tabulating is free)
+    # the conf/task preset every variant is swept on; null: the suite's first eval task, else `task` (training runs
+    # on suite.train_task, as in stage=pipeline)
+    eval_task: str | None = None
     step_overrides: dict[str, list[str]] = field(default_factory=_no_step_overrides)
 
     def __post_init__(self) -> None:

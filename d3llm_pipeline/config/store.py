@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from hydra.core.config_store import ConfigStore
 
-from d3llm_pipeline.config.schema import DecodeConfig, DistillConfig, ModelConfig
+from d3llm_pipeline.config.schema import DecodeConfig, DistillConfig, ModelConfig, SuiteConfig
 from d3llm_pipeline.config.stage_schemas import STAGE_SCHEMAS
 from d3llm_pipeline.tasks.base import task_class, task_kinds
 
@@ -24,6 +24,7 @@ def register() -> None:
     store.store(group="decode", name="_schema", node=DecodeConfig)
     store.store(group="model", name="_schema", node=ModelConfig)
     store.store(group="distill", name="_schema", node=DistillConfig)
+    store.store(group="suite", name="_schema", node=SuiteConfig)
     for kind in task_kinds():
         store.store(group="task", name=f"_{kind}", node=task_class(kind))
     for name, schema in STAGE_SCHEMAS.items():

@@ -18,8 +18,15 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from d3llm_pipeline.config.schema import DecodeConfig, DistillConfig, ModelConfig, load_section, load_task
-from d3llm_pipeline.config.stage_schemas import STAGE_SCHEMAS, TRAINING_STAGES, check_step_names
+from d3llm_pipeline.config.schema import (
+    DecodeConfig,
+    DistillConfig,
+    ModelConfig,
+    SuiteConfig,
+    load_section,
+    load_task,
+)
+from d3llm_pipeline.config.stage_schemas import STAGE_SCHEMAS, STEP_STAGES, TRAINING_STAGES, check_step_names
 from d3llm_pipeline.errors import ConfigError, check
 from d3llm_pipeline.models.families import EMBEDDED_FAMILY
 
@@ -48,8 +55,8 @@ _SEED_MAX = 2**32 - 1  # numpy / Lightning accept seeds in [0, 2**32 - 1]
 # Config groups that every composed config holds, with their schema (None: checked below; the task's schema is
 # its kind's class: config/schema.py load_task)
 SECTIONS: dict[str, type | None] = {"model": ModelConfig, "task": None, "decode": DecodeConfig,
-                                    "distill": DistillConfig, "stage": None, "trainer": None, "logger": None,
-                                    "paths": None}
+                                    "distill": DistillConfig, "suite": SuiteConfig, "stage": None, "trainer": None,
+                                    "logger": None, "paths": None}
 # Top-level keys that are set by code, not by users: steps of stage=pipeline (output_dir), tests.
 _INTERNAL_KEYS = ("hydra", "output_dir", "pipeline_overrides")
 
@@ -228,7 +235,7 @@ def validate_config(cfg: DictConfig) -> None:
     check(stage_name in STAGE_SCHEMAS,
            f"unknown stage {stage_name!r}; choose stage= one of: {', '.join(sorted(STAGE_SCHEMAS))}")
     task = loaded["task"]
-    if task.STAGES is not None:  # a task only some stages run on (tasks/base.py)
+    if task.STAGES is not None and stage_name not in STEP_STAGES:  # a task only some stages run on (tasks/base.py)
         runs = " or ".join(f"stage={name}" for name in sorted(task.STAGES))
         check(stage_name in task.STAGES, f"task={task.name} (task.kind={task.kind}) is run by {runs}, not "
               f"stage={stage_name}; train, label and evaluate in-house on an embedded task (task=arith)")

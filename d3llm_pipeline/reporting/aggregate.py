@@ -59,11 +59,12 @@ def task_of(run: dict[str, Any]) -> str:
     return str((run.get("task") or {}).get("name", "arith"))
 
 
-def build_report(runs: list[dict[str, Any]], y_max: float | None = None) -> dict[str, Any]:
+def build_report(runs: list[dict[str, Any]], y_max: float | dict[str, float] | None = None) -> dict[str, Any]:
     """AUP per (model, decoder) curve; y_max defaults to the best accuracy of all runs (in percent).
 
     Runs of several tasks (e.g. `-m task=gsm8k_cot,math`) get curves per task, each against its own task's best
-    accuracy, and the task in the curve's model label.
+    accuracy, and the task in the curve's model label. `y_max` is one value for every curve, or a value per task
+    name (the paper's leaderboard values: suite.y_max); a task it does not name keeps its own best accuracy.
     """
     grouped: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
@@ -74,7 +75,8 @@ def build_report(runs: list[dict[str, Any]], y_max: float | None = None) -> dict
     best = {t: max(100.0 * run["accuracy"] for run in runs if task_of(run) == t) for t in tasks}
     curves = []
     for (task, model, decoder), members in sorted(grouped.items()):
-        task_y_max = best[task] if y_max is None else y_max
+        task_y_max = (y_max.get(task, best[task]) if isinstance(y_max, dict) else best[task] if y_max is None
+                      else y_max)
         points = sorted((run["tpf"], 100.0 * run["accuracy"], run["decoder"].get("threshold"), run["run_dir"])
                         for run in members)
         # A job that generated nothing (TPF 0, e.g. an untrained model) has no place on a TPF axis; with every
@@ -86,7 +88,7 @@ def build_report(runs: list[dict[str, Any]], y_max: float | None = None) -> dict
             "aup": area, "y_max": task_y_max, "points_kept": len(kept_points(pairs)) if pairs else 0,
             "points": [{"tpf": t, "accuracy": a, "threshold": th, "run_dir": d} for t, a, th, d in points],
         })
-    y_max = max(best.values()) if y_max is None else y_max
+    y_max = max(c["y_max"] for c in curves) if y_max is None or isinstance(y_max, dict) else y_max
     curves.sort(key=lambda c: -c["aup"])
     return {"y_max": y_max, "curves": curves}
 

@@ -1,8 +1,14 @@
-"""stage=ablation (`make ablation`): the paper's ablations on the embedded task, run and tabulated by one command.
+"""stage=ablation (`make ablation`): the paper's ablations, run and tabulated by one command.
 
     python -m d3llm_pipeline stage=ablation                       # every variant; reuses every finished artifact
     python -m d3llm_pipeline stage=ablation 'stage.variants=[full,single_block]' 'stage.thresholds=[0.5,2.2]'
     python -m d3llm_pipeline stage=ablation 'stage.seeds=[0,1,2,3,4]'     # more training seeds, tighter intervals
+    python -m d3llm_pipeline stage=ablation experiment=d3llm_llada 'stage.seeds=[0]'   # on LLaDA, the paper's recipe
+
+On a real family (an experiment such as d3llm_llada) the trajectory and distill steps run on suite.train_task (the
+prompt set), every variant is swept on stage.eval_task (default: the suite's first benchmark) and scored against
+suite.y_max for it; a distillation variant changes the family's recipe only where the paper's ablation does
+(ablation_dparallel: dParallel's method with its rank for the family, one decode block).
 
 A variant is an experiment file, conf/experiment/ablation_<name>.yaml (config/schema.py ABLATION_VARIANTS lists
 them). Every step is composed like its own command line (stages/steps.py: your other overrides, then the step's,
@@ -33,7 +39,7 @@ from typing import Any
 from hydra import compose
 from omegaconf import DictConfig
 
-from d3llm_pipeline.config.schema import load_section
+from d3llm_pipeline.config.schema import SuiteConfig, load_section
 from d3llm_pipeline.config.stage_schemas import ABLATION_VARIANTS, AblationStageConfig
 from d3llm_pipeline.errors import ConfigError
 from d3llm_pipeline.fileio import atomic_write_json, atomic_write_text
@@ -49,7 +55,14 @@ from d3llm_pipeline.reporting.ablation_table import (
 from d3llm_pipeline.reporting.aggregate import build_report, collect_runs, plot_curves, write_report
 from d3llm_pipeline.reporting.wandb_report import log_report
 from d3llm_pipeline.stages import output_dir_of
-from d3llm_pipeline.stages.steps import check_step, run_step, teacher_step, user_overrides
+from d3llm_pipeline.stages.steps import (
+    StepProgress,
+    check_step,
+    run_step,
+    student_overrides,
+    teacher_step,
+    user_overrides,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,40 +100,54 @@ def seed_student_dir(cfg: DictConfig, base: list[str], seed: int) -> list[str]:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     stage = load_section(cfg.stage, AblationStageConfig, "stage")
+    suite = load_section(cfg.suite, SuiteConfig, "suite")
     out_dir = Path(output_dir_of(cfg))
     tiny = cfg.model.family == EMBEDDED_FAMILY
     user = user_overrides(cfg)
     bases = {variant: variant_overrides(user, variant) for variant in stage.variants}  # fail fast, before training
+    # what the steps run on: training on suite.train_task (a prompt set on a real family), every eval on one task
+    train = [f"task={suite.train_task}"] if suite.train_task else []
+    eval_task = stage.eval_task or (suite.eval_tasks[0] if suite.eval_tasks else None)
+    on_task = [f"task={eval_task}"] if eval_task else []
     # the training steps: (dir, name, overrides, base); one teacher and one trajectory set (seeds are training
     # seeds), then per seed the default student (make demo's; decode variants read it) and each distill variant's
-    training = [(out_dir, "trajectory", ["stage=trajectory"], None)]
+    training = [(out_dir, "trajectory", ["stage=trajectory", *train], None)]
     evals = []
+    student = student_overrides(cfg)  # the variant's own student (its paths.student_dir), in the family's format
     for seed in stage.seeds:
         where = f"seed_{seed}"
         if any(ABLATION_VARIANTS[v][0] == "decode" for v in stage.variants):
-            training.append((out_dir / "distill" / where, "default", ["stage=distill",
+            training.append((out_dir / "distill" / where, "default", ["stage=distill", *train,
                                                                      *seed_student_dir(cfg, user, seed)], None))
         for variant in stage.variants:
             # a decode variant reads the default student's dir; a distill variant's experiment names its own
             distilled = ABLATION_VARIANTS[variant][0] == "distill"
             seeded = seed_student_dir(cfg, bases[variant] if distilled else user, seed)
             if distilled:
-                training.append((out_dir / "distill" / where, variant, ["stage=distill", *seeded], bases[variant]))
-            evals += [(out_dir / "variants" / variant / where, str(i), ["stage=eval", "model=student",
+                training.append((out_dir / "distill" / where, variant, ["stage=distill", *train, *seeded],
+                                 bases[variant]))
+            evals += [(out_dir / "variants" / variant / where, str(i), ["stage=eval", *on_task, *student,
                        f"decode.threshold={tau}", *seeded], bases[variant]) for i, tau in enumerate(stage.thresholds)]
     teacher = [(out_dir, "teacher", ["stage=teacher"], None)] if tiny else []  # (a real family's: used as it is)
-    for directory, name, overrides, base in teacher + training:
+    for directory, name, overrides, base in teacher + training + evals[:1]:
         check_step(cfg, directory, name, *overrides, base=base)  # every dir they write: new or ours, up front
-    teacher_step(cfg, out_dir)
+    progress = StepProgress("ablation", 1 + len(training) + len(evals))
+    progress.plan(["teacher", "trajectory"] + ["distill"] * (len(training) - 1) + ["eval"] * len(evals))
+    with progress.step("teacher", "teacher"):
+        teacher_step(cfg, out_dir)
     for directory, name, overrides, base in training:
-        run_step(cfg, directory, name, *overrides, base=base)
+        with progress.step(f"{overrides[0].split('=')[1]} {name}", overrides[0].split("=")[1]):
+            run_step(cfg, directory, name, *overrides, base=base)
     for directory, name, overrides, base in evals:
-        run_step(cfg, directory, name, *overrides, base=base, reuse_eval=stage.reuse_evals)
-    return tabulate(cfg, stage, out_dir)
+        with progress.step(str((directory / name).relative_to(out_dir)), "eval"):
+            run_step(cfg, directory, name, *overrides, base=base, reuse_eval=stage.reuse_evals)
+    return tabulate(cfg, stage, out_dir, suite.y_max or None)
 
 
-def tabulate(cfg: DictConfig, stage: AblationStageConfig, out_dir: Path) -> dict[str, Any]:
-    """ablation.md / ablation.csv and the AUP curves from the eval jobs under <out_dir>/variants/<variant>/seed_<s>/."""
+def tabulate(cfg: DictConfig, stage: AblationStageConfig, out_dir: Path,
+             y_max: dict[str, float] | None = None) -> dict[str, Any]:
+    """ablation.md / ablation.csv and the AUP curves from the eval jobs under <out_dir>/variants/<variant>/seed_<s>/;
+    `y_max` per task (suite.y_max: the paper's) where given, else the best accuracy of any variant and seed."""
     runs, failed = [], []
     for variant in stage.variants:
         for seed in stage.seeds:
@@ -129,7 +156,7 @@ def tabulate(cfg: DictConfig, stage: AblationStageConfig, out_dir: Path) -> dict
             label = variant_label(variant, seed, len(stage.seeds))
             runs += [{**run, "model": {**run["model"], "name": label}} for run in found]
             failed += missing
-    report = build_report(runs)  # y_max = the best accuracy of any variant and seed: one scale for every AUP
+    report = build_report(runs, y_max=y_max)  # one scale for every variant's AUP
     written = write_report(out_dir, report, failed)
     if len(stage.seeds) > 1:  # one curve per variant (seed means, 95% bars) instead of variants x seeds
         means = seed_mean_report(report, list(stage.variants), list(stage.seeds))

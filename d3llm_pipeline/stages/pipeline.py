@@ -3,9 +3,13 @@
     python -m d3llm_pipeline stage=pipeline                # reuses every finished artifact when rerun
 
 Each step is composed exactly as its own command line would be (`stage=<step>` plus your other overrides),
-so `python -m d3llm_pipeline stage=pipeline task.n_test=200` passes `task.n_test=200` to every step. Sweeps
-write into `<run dir>/sweeps/<model>_<decoder>/<job>`; the report (aup_points.csv, aup.json, aup_curve.png and
-leaderboard.md) lands in the run dir; with `logger=wandb` it is also logged as wandb tables + a plot.
+so `python -m d3llm_pipeline stage=pipeline task.n_test=200` passes `task.n_test=200` to every step. The `suite`
+section says what the steps run on: by default everything on `task`, the sweeps into
+`<run dir>/sweeps/<model>_<decoder>/<job>`; a real-model experiment (experiment=d3llm_llada) labels and distils on
+`suite.train_task` (a prompt set) and sweeps each of `suite.eval_tasks` (benchmarks) into
+`<run dir>/sweeps/<task>/<model>_<decoder>/<job>`, each task's curves scored against `suite.y_max[task]`. The report
+(aup_points.csv, aup.json, aup_curve.png and leaderboard.md) lands in the run dir; with `logger=wandb` it is also
+logged as wandb tables + a plot. Every step logs its number, the elapsed time and an estimate of the time left.
 """
 
 from __future__ import annotations
@@ -16,50 +20,66 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from d3llm_pipeline.config.schema import load_section
+from d3llm_pipeline.config.schema import SuiteConfig, load_section
 from d3llm_pipeline.config.stage_schemas import PipelineStageConfig
 from d3llm_pipeline.fileio import atomic_write_text
 from d3llm_pipeline.models.families import EMBEDDED_FAMILY
 from d3llm_pipeline.reporting.aggregate import build_report, collect_runs, leaderboard, write_report
 from d3llm_pipeline.reporting.wandb_report import log_report
 from d3llm_pipeline.stages import output_dir_of
-from d3llm_pipeline.stages.steps import check_step, run_step, teacher_step
+from d3llm_pipeline.stages.steps import StepProgress, check_step, run_step, student_overrides, teacher_step
 
 log = logging.getLogger(__name__)
 
 
-def sweep_model(cfg: DictConfig, model: str) -> list[str]:
-    """Overrides that select the teacher (`model` "tiny") or the merged student ("student") for a sweep.
-
-    Tiny: the model=tiny / model=student presets. A real family (an experiment's model section, applied after
-    any preset, so a preset cannot switch it): the teacher as configured; the student is the merged model
-    stage=distill wrote (`paths.student_dir/merged`, in the teacher's format), named `<teacher name>-student`.
-    """
-    if cfg.model.family == EMBEDDED_FAMILY:
-        return [f"model={model}"]
-    if model == "tiny":  # the teacher (sweep dirs keep their tiny_<decoder> names)
-        return []
-    return [f"model.path={Path(cfg.paths.student_dir) / 'merged'}", f"model.name={cfg.model.name}-student"]
+def sweep_plan(cfg: DictConfig, stage: PipelineStageConfig, suite: SuiteConfig,
+               out_dir: Path) -> list[tuple[Path, str, list[str]]]:
+    """Every eval job of the sweeps: (dir, name, overrides), per eval task (suite.eval_tasks; none: the run's task,
+    into sweeps/<model>_<decoder>/<i>), model (teacher, student), decoder and τ (vanilla has no threshold)."""
+    jobs = []
+    for task in suite.eval_tasks or [None]:
+        where = out_dir / "sweeps" / task if task else out_dir / "sweeps"
+        chosen = [f"task={task}"] if task else []
+        for model, decoders in (("tiny", stage.teacher_decoders), ("student", stage.student_decoders)):
+            # the teacher: the model as configured (sweep dirs keep their tiny_<decoder> names; the tiny family
+            # names its preset); the student: the merged model stage=distill wrote
+            chosen_model = student_overrides(cfg) if model == "student" else (
+                ["model=tiny"] if cfg.model.family == EMBEDDED_FAMILY else [])
+            for decoder in decoders:
+                taus = [None] if decoder == "vanilla" else stage.thresholds
+                jobs += [(where / f"{model}_{decoder}", str(i), ["stage=eval", *chosen, *chosen_model,
+                          f"decode={decoder}", *([] if tau is None else [f"decode.threshold={tau}"])])
+                         for i, tau in enumerate(taus)]
+    return jobs
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     stage = load_section(cfg.stage, PipelineStageConfig, "stage")
+    suite = load_section(cfg.suite, SuiteConfig, "suite")
     out_dir = Path(output_dir_of(cfg))
     tiny = cfg.model.family == EMBEDDED_FAMILY
-    for step in ("teacher", "trajectory", "distill")[0 if tiny else 1:]:  # every dir they write: new or ours
-        check_step(cfg, out_dir, step, f"stage={step}")
-    teacher_step(cfg, out_dir)
-    run_step(cfg, out_dir, "trajectory", "stage=trajectory")
-    run_step(cfg, out_dir, "distill", "stage=distill")
-    for model, decoders in (("tiny", stage.teacher_decoders), ("student", stage.student_decoders)):
-        for decoder in decoders:
-            taus = [None] if decoder == "vanilla" else stage.thresholds  # vanilla has no threshold
-            for i, tau in enumerate(taus):
-                extra = [] if tau is None else [f"decode.threshold={tau}"]
-                run_step(cfg, out_dir / "sweeps" / f"{model}_{decoder}", str(i), "stage=eval",
-                         *sweep_model(cfg, model), f"decode={decoder}", *extra)
+    train = [f"task={suite.train_task}"] if suite.train_task else []  # the trajectory and distill steps' task
+    sweeps = sweep_plan(cfg, stage, suite, out_dir)
+    training = [(out_dir, step, [f"stage={step}", *train]) for step in ("trajectory", "distill")]
+    # before any work: every dir the training steps write is new or ours, and one eval job per task composes
+    teacher = [(out_dir, "teacher", ["stage=teacher"])] if tiny else []  # (a real family's: used as it is)
+    first_per_task: dict[Path, tuple] = {}
+    for job in sweeps:
+        first_per_task.setdefault(job[0].parent, job)
+    for directory, name, overrides in teacher + training + list(first_per_task.values()):
+        check_step(cfg, directory, name, *overrides)
+    progress = StepProgress("pipeline", 1 + len(training) + len(sweeps))
+    progress.plan(["teacher", "trajectory", "distill"] + ["eval"] * len(sweeps))
+    with progress.step("teacher", "teacher"):
+        teacher_step(cfg, out_dir)
+    for directory, name, overrides in training:
+        with progress.step(name, name):
+            run_step(cfg, directory, name, *overrides)
+    for directory, name, overrides in sweeps:
+        with progress.step(str((directory / name).relative_to(out_dir)), "eval"):
+            run_step(cfg, directory, name, *overrides)
     runs, failed = collect_runs([out_dir / "sweeps"])
-    report = build_report(runs)
+    report = build_report(runs, y_max=suite.y_max or None)  # the paper's y_max per task where the suite names it
     written = write_report(out_dir, report, failed)
     table = leaderboard(report)
     atomic_write_text(out_dir / "leaderboard.md", table + "\n")

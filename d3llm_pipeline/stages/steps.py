@@ -9,8 +9,10 @@ and writes into `<out_dir>/<name>`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +92,19 @@ def run_step(cfg: DictConfig, out_dir: Path, name: str, *overrides: str,
         finish_wandb()  # a step's wandb run must not swallow the next step's (or the final report's) logs
 
 
+def student_overrides(cfg: DictConfig) -> list[str]:
+    """The overrides that make a step decode the merged student of the run's family instead of the teacher.
+
+    Tiny: the model=student preset. A real family (an experiment's model section, applied after any preset, so a
+    preset cannot switch it): the teacher's settings with the merged model stage=distill wrote, in the teacher's
+    format, at `${paths.student_dir}/merged` (resolved in the step, so an ablation variant's own student dir
+    counts), named `<teacher name>-student`.
+    """
+    if cfg.model.family == EMBEDDED_FAMILY:
+        return ["model=student"]
+    return ["model.path=${paths.student_dir}/merged", f"model.name={cfg.model.name}-student"]
+
+
 def teacher_step(cfg: DictConfig, out_dir: Path) -> None:
     """The teacher step of stage=pipeline / stage=ablation: stage=teacher trains the tiny family; a real family's
     teacher is the checkpoint at model.path, used as it is (checked here, never trained over)."""
@@ -102,3 +117,45 @@ def teacher_step(cfg: DictConfig, out_dir: Path) -> None:
     check_model(load_section(cfg.model, ModelConfig, "model"), load_task(cfg.task))
     log.info("%s: model.family=%s, so the teacher step uses the checkpoint at %s as it is (stage=teacher trains "
              "only the tiny family)", cfg.stage.name, cfg.model.family, cfg.model.path)
+
+
+class StepProgress:
+    """The overall progress of stage=pipeline / stage=ablation: each step logs its number, its time, the elapsed
+    time and an estimate of what is left (the mean time of the steps of its kind so far, times those to come).
+
+        progress = StepProgress("pipeline", total=41)
+        with progress.step("sweeps/student_d3llm/3"):
+            run_step(...)
+    """
+
+    def __init__(self, stage: str, total: int) -> None:
+        self.stage, self.total, self.done = stage, total, 0
+        self.start = time.perf_counter()
+        self.kinds: dict[str, list[float]] = {}  # step kind -> durations so far
+        self.remaining: dict[str, int] = {}
+
+    def plan(self, kinds: list[str]) -> None:
+        """The kinds of the steps to come, in order (a better estimate than one mean for all)."""
+        self.remaining = {kind: kinds.count(kind) for kind in set(kinds)}
+
+    @contextlib.contextmanager
+    def step(self, name: str, kind: str | None = None):
+        kind = kind or name.split("/")[0]
+        tic = time.perf_counter()
+        yield
+        took = time.perf_counter() - tic
+        self.done += 1
+        self.kinds.setdefault(kind, []).append(took)
+        if kind in self.remaining:
+            self.remaining[kind] -= 1
+        all_steps = [t for times in self.kinds.values() for t in times]
+        mean = {k: sum(v) / len(v) for k, v in self.kinds.items()}
+        left = (sum(mean.get(k, sum(all_steps) / len(all_steps)) * n for k, n in self.remaining.items())
+                if self.remaining else sum(all_steps) / len(all_steps) * (self.total - self.done))
+        log.info("%s: step %d/%d (%s) took %s; elapsed %s, about %s left", self.stage, self.done, self.total, name,
+                 _clock(took), _clock(time.perf_counter() - self.start), _clock(left))
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
