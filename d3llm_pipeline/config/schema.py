@@ -14,6 +14,7 @@ message names the key to change and how, e.g.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
@@ -243,7 +244,8 @@ def load_section(section: DictConfig | dict[str, Any], schema: type[T], key: str
     try:
         data = OmegaConf.to_container(section, resolve=True) if isinstance(section, DictConfig) else dict(section)
     except OmegaConfBaseException as err:  # an interpolation that does not resolve (full_key is absolute here)
-        raise ConfigError(f"{getattr(err, 'full_key', None) or key}: {str(err).splitlines()[0]}") from None
+        message = re.sub(r"^\w+ raised while resolving interpolation: ", "", str(err).splitlines()[0])
+        raise ConfigError(f"{getattr(err, 'full_key', None) or key}: {message}") from None
     known = {f.name for f in fields(schema)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - known)
     if unknown:

@@ -102,9 +102,11 @@ class TrajectoryImportStageConfig:
     name: str = "trajectory_import"
     source: str = ""  # a local dataset dir (save_to_disk / parquet) or a Hub id in d3LLM's format
     split: str = "train"
-    mask_token_id: int = 126336  # LLaDA-8B-Instruct's MASK; Dream's is 151666
+    # the data's MASK id: the model family's (LLaDA-8B-Instruct 126336, Dream 151666)
+    mask_token_id: int = "${by_family:{llada: 126336, dream: 151666}}"  # type: ignore[assignment]
     limit: int | None = None  # convert only the first N rows
-    out_dir: str = "${paths.artifacts_dir}/trajectories/imported"
+    # where stage=distill (and stage=pipeline's distill step) of the same model reads trajectories
+    out_dir: str = "${paths.artifacts_dir}/trajectories/${model.name}"
 
     def __post_init__(self) -> None:
         check(bool(self.source), "stage.source must name a d3LLM trajectory dataset (a local dir or a Hub id "

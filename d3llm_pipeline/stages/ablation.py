@@ -58,7 +58,7 @@ from d3llm_pipeline.stages import output_dir_of
 from d3llm_pipeline.stages.steps import (
     StepProgress,
     check_step,
-    run_step,
+    run_steps,
     student_overrides,
     teacher_step,
     user_overrides,
@@ -133,14 +133,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         check_step(cfg, directory, name, *overrides, base=base)  # every dir they write: new or ours, up front
     progress = StepProgress("ablation", 1 + len(training) + len(evals))
     progress.plan(["teacher", "trajectory"] + ["distill"] * (len(training) - 1) + ["eval"] * len(evals))
-    with progress.step("teacher", "teacher"):
-        teacher_step(cfg, out_dir)
-    for directory, name, overrides, base in training:
-        with progress.step(f"{overrides[0].split('=')[1]} {name}", overrides[0].split("=")[1]):
-            run_step(cfg, directory, name, *overrides, base=base)
-    for directory, name, overrides, base in evals:
-        with progress.step(str((directory / name).relative_to(out_dir)), "eval"):
-            run_step(cfg, directory, name, *overrides, base=base, reuse_eval=stage.reuse_evals)
+    teacher_step(cfg, out_dir, progress)
+    # the trajectories, then every student (one batch: in parallel under a launcher), then every eval (one batch)
+    run_steps(cfg, training[:1], "trajectory", progress, out_dir)
+    run_steps(cfg, training[1:], "distill", progress, out_dir)
+    run_steps(cfg, evals, "eval", progress, out_dir, reuse_eval=stage.reuse_evals)
     return tabulate(cfg, stage, out_dir, suite.y_max or None)
 
 

@@ -27,7 +27,7 @@ from d3llm_pipeline.models.families import EMBEDDED_FAMILY
 from d3llm_pipeline.reporting.aggregate import build_report, collect_runs, leaderboard, write_report
 from d3llm_pipeline.reporting.wandb_report import log_report
 from d3llm_pipeline.stages import output_dir_of
-from d3llm_pipeline.stages.steps import StepProgress, check_step, run_step, student_overrides, teacher_step
+from d3llm_pipeline.stages.steps import StepProgress, check_step, run_steps, student_overrides, teacher_step
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +70,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         check_step(cfg, directory, name, *overrides)
     progress = StepProgress("pipeline", 1 + len(training) + len(sweeps))
     progress.plan(["teacher", "trajectory", "distill"] + ["eval"] * len(sweeps))
-    with progress.step("teacher", "teacher"):
-        teacher_step(cfg, out_dir)
+    teacher_step(cfg, out_dir, progress)
     for directory, name, overrides in training:
-        with progress.step(name, name):
-            run_step(cfg, directory, name, *overrides)
-    for directory, name, overrides in sweeps:
-        with progress.step(str((directory / name).relative_to(out_dir)), "eval"):
-            run_step(cfg, directory, name, *overrides)
+        run_steps(cfg, [(directory, name, overrides, None)], name, progress, out_dir)
+    run_steps(cfg, [(directory, name, overrides, None) for directory, name, overrides in sweeps], "eval", progress,
+              out_dir)  # one batch: in parallel under a launcher
     runs, failed = collect_runs([out_dir / "sweeps"])
     report = build_report(runs, y_max=suite.y_max or None)  # the paper's y_max per task where the suite names it
     written = write_report(out_dir, report, failed)

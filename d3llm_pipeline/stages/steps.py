@@ -47,14 +47,19 @@ def step_extras(cfg: DictConfig, step: str) -> list[str]:
     return [*(cfg.get("step_defaults") or {}).get(step, []), *cfg.stage.get("step_overrides", {}).get(step, [])]
 
 
-def compose_step(cfg: DictConfig, out_dir: Path, name: str, *overrides: str,
-                 base: list[str] | None = None) -> DictConfig:
-    """The config of one step (run_step's), validated: `overrides` (the first is "stage=<step>") on top of `base`
-    (default: user_overrides), then the step's extras, writing into `<out_dir>/<name>`."""
+def step_overrides(cfg: DictConfig, out_dir: Path, name: str, *overrides: str,
+                   base: list[str] | None = None) -> list[str]:
+    """A step's whole command line: `overrides` (the first is "stage=<step>") on top of `base` (default:
+    user_overrides), then the step's extras, writing into `<out_dir>/<name>`."""
     step = overrides[0].split("=", 1)[1]
     base = user_overrides(cfg) if base is None else base
-    sub = compose(config_name="config", overrides=[*base, *overrides, *step_extras(cfg, step),
-                                                   f"+output_dir={out_dir / name}"])
+    return [*base, *overrides, *step_extras(cfg, step), f"+output_dir={out_dir / name}"]
+
+
+def compose_step(cfg: DictConfig, out_dir: Path, name: str, *overrides: str,
+                 base: list[str] | None = None) -> DictConfig:
+    """The config of one step (run_step's: step_overrides), validated."""
+    sub = compose(config_name="config", overrides=step_overrides(cfg, out_dir, name, *overrides, base=base))
     try:  # a step's own overrides (stage.step_overrides) get the whole-config rules too, before it starts
         validate_config(sub)
     except ConfigError as err:
@@ -70,26 +75,63 @@ def check_step(cfg: DictConfig, out_dir: Path, name: str, *overrides: str, base:
     check_outputs(compose_step(cfg, out_dir, name, *overrides, base=base))
 
 
+def reused_eval(cfg: DictConfig, sub: DictConfig, step_dir: Path) -> dict[str, Any] | None:
+    """The metrics of an eval step already in `step_dir` with the same request (model weights, seed, decode / task /
+    stage settings: artifacts.eval_request) as `sub`, else None."""
+    if sub.stage.name != "eval" or not (step_dir / "metrics.json").is_file():
+        return None
+    done = json.loads((step_dir / "metrics.json").read_text())
+    if done.get("request") != artifacts.eval_request(sub):
+        return None
+    log.info("%s: reusing the eval in %s (same model and settings)", cfg.stage.name, step_dir)
+    return done
+
+
 def run_step(cfg: DictConfig, out_dir: Path, name: str, *overrides: str,
              base: list[str] | None = None, reuse_eval: bool = False) -> dict[str, Any]:
-    """Compose (compose_step) and run one step.
+    """Compose (compose_step) and run one step in this process.
 
-    reuse_eval: a stage=eval step whose dir already holds a metrics.json of the same request (model weights, seed,
-    decode / task / stage settings: artifacts.eval_request) returns it instead of decoding again.
+    reuse_eval: a stage=eval step whose dir already holds a metrics.json of the same request returns it instead of
+    decoding again (reused_eval).
     """
     sub = compose_step(cfg, out_dir, name, *overrides, base=base)
-    step = overrides[0].split("=", 1)[1]
     chosen = [o for o in (user_overrides(cfg) if base is None else base) if o.lstrip("+~").startswith("experiment=")]
     log.info("%s: %s -> %s", cfg.stage.name, " ".join([*overrides, *chosen]), out_dir / name)
-    if reuse_eval and step == "eval" and (out_dir / name / "metrics.json").is_file():
-        done = json.loads((out_dir / name / "metrics.json").read_text())
-        if done.get("request") == artifacts.eval_request(sub):
-            log.info("%s: reusing the eval in %s (same model and settings)", cfg.stage.name, out_dir / name)
-            return done
+    done = reused_eval(cfg, sub, out_dir / name) if reuse_eval else None
+    if done is not None:
+        return done
     try:
         return call_stage(sub)
     finally:
         finish_wandb()  # a step's wandb run must not swallow the next step's (or the final report's) logs
+
+
+Step = tuple[Path, str, list[str], "list[str] | None"]  # (dir, name, overrides, base) as run_step takes them
+
+
+def run_steps(cfg: DictConfig, steps: list[Step], kind: str, progress: StepProgress, root: Path,
+              reuse_eval: bool = False) -> None:
+    """Run a batch of steps that may run at once: in this process one by one, or, when the run was started with a
+    Hydra launcher (hydra/launcher=slurm | submitit_local | local), as one multirun of it (stages/launch.py), with
+    its submission files under `root`."""
+    from d3llm_pipeline.stages.launch import distill_resources, external_launcher, launch_steps
+
+    target = external_launcher()
+    if target is None:
+        for directory, name, overrides, base in steps:
+            with progress.step(str((directory / name).relative_to(root)) if kind == "eval" else name, kind):
+                run_step(cfg, directory, name, *overrides, base=base, reuse_eval=reuse_eval)
+        return
+    launcher_extra, step_extra = distill_resources(cfg, target) if kind == "distill" else ([], [])
+    jobs = []
+    for directory, name, overrides, base in steps:
+        if reuse_eval and reused_eval(cfg, compose_step(cfg, directory, name, *overrides, base=base),
+                                      directory / name) is not None:
+            continue
+        jobs.append((directory / name, [*step_overrides(cfg, directory, name, *overrides, base=base), *step_extra]))
+    with progress.step(f"{len(steps)} {kind} step(s) ({len(jobs)} launched)", kind, count=len(steps)):
+        if jobs:
+            launch_steps(jobs, root, launcher_extra)
 
 
 def student_overrides(cfg: DictConfig) -> list[str]:
@@ -105,18 +147,19 @@ def student_overrides(cfg: DictConfig) -> list[str]:
     return ["model.path=${paths.student_dir}/merged", f"model.name={cfg.model.name}-student"]
 
 
-def teacher_step(cfg: DictConfig, out_dir: Path) -> None:
+def teacher_step(cfg: DictConfig, out_dir: Path, progress: StepProgress) -> None:
     """The teacher step of stage=pipeline / stage=ablation: stage=teacher trains the tiny family; a real family's
     teacher is the checkpoint at model.path, used as it is (checked here, never trained over)."""
     if cfg.model.family == EMBEDDED_FAMILY:
-        run_step(cfg, out_dir, "teacher", "stage=teacher")
+        run_steps(cfg, [(out_dir, "teacher", ["stage=teacher"], None)], "teacher", progress, out_dir)
         return
     from d3llm_pipeline.config.schema import ModelConfig, load_section, load_task
     from d3llm_pipeline.stages.common import check_model
 
-    check_model(load_section(cfg.model, ModelConfig, "model"), load_task(cfg.task))
-    log.info("%s: model.family=%s, so the teacher step uses the checkpoint at %s as it is (stage=teacher trains "
-             "only the tiny family)", cfg.stage.name, cfg.model.family, cfg.model.path)
+    with progress.step("teacher", "teacher"):
+        check_model(load_section(cfg.model, ModelConfig, "model"), load_task(cfg.task))
+        log.info("%s: model.family=%s, so the teacher step uses the checkpoint at %s as it is (stage=teacher "
+                 "trains only the tiny family)", cfg.stage.name, cfg.model.family, cfg.model.path)
 
 
 class StepProgress:
@@ -139,15 +182,16 @@ class StepProgress:
         self.remaining = {kind: kinds.count(kind) for kind in set(kinds)}
 
     @contextlib.contextmanager
-    def step(self, name: str, kind: str | None = None):
+    def step(self, name: str, kind: str | None = None, count: int = 1):
+        """Time one step, or `count` steps of one kind run as a batch (each counted at the batch's time / count)."""
         kind = kind or name.split("/")[0]
         tic = time.perf_counter()
         yield
         took = time.perf_counter() - tic
-        self.done += 1
-        self.kinds.setdefault(kind, []).append(took)
+        self.done += count
+        self.kinds.setdefault(kind, []).extend([took / max(count, 1)] * count)
         if kind in self.remaining:
-            self.remaining[kind] -= 1
+            self.remaining[kind] -= count
         all_steps = [t for times in self.kinds.values() for t in times]
         mean = {k: sum(v) / len(v) for k, v in self.kinds.items()}
         left = (sum(mean.get(k, sum(all_steps) / len(all_steps)) * n for k, n in self.remaining.items())

@@ -27,7 +27,7 @@ def run_pipeline(root: Path, experiment: str, teacher: Path) -> dict:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         # the stage keys of the experiment file's first comment line (the command that runs it)
         cfg = compose(config_name="config", overrides=[
-            "stage=pipeline", "stage.thresholds=[0.5,2.0]", STEPS, f"+output_dir={root / 'run'}",
+            "stage=pipeline", "stage.thresholds=[0.5]", STEPS, f"+output_dir={root / 'run'}",
             f"+pipeline_overrides={overrides}", *overrides])
         return call_stage(cfg)
 
