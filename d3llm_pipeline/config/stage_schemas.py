@@ -102,8 +102,9 @@ class TrajectoryImportStageConfig:
     name: str = "trajectory_import"
     source: str = ""  # a local dataset dir (save_to_disk / parquet) or a Hub id in d3LLM's format
     split: str = "train"
-    # the data's MASK id: the model family's (LLaDA-8B-Instruct 126336, Dream 151666)
-    mask_token_id: int = "${by_family:{llada: 126336, dream: 151666}}"  # type: ignore[assignment]
+    # the data's MASK id: the model family's (LLaDA-8B-Instruct 126336, Dream 151666; the tiny family has no
+    # published trajectories, so it must be given)
+    mask_token_id: int | None = "${by_family:{llada: 126336, dream: 151666, tiny: null}}"  # type: ignore[assignment]
     limit: int | None = None  # convert only the first N rows
     # where stage=distill (and stage=pipeline's distill step) of the same model reads trajectories
     out_dir: str = "${paths.artifacts_dir}/trajectories/${model.name}"
@@ -112,7 +113,8 @@ class TrajectoryImportStageConfig:
         check(bool(self.source), "stage.source must name a d3LLM trajectory dataset (a local dir or a Hub id "
                "such as d3LLM/trajectory_data_llada_32)")
         check(self.limit is None or self.limit >= 1, f"stage.limit must be >= 1 or null, got {self.limit}")
-        check_nonneg(self, "stage", "mask_token_id")
+        check(self.mask_token_id is None or self.mask_token_id >= 0,
+              f"stage.mask_token_id must be >= 0, got {self.mask_token_id}")
 
 
 @dataclass

@@ -31,11 +31,10 @@ from d3llm_pipeline.decoding.batch import (
     banned_ids,
     build_attention,
     host_values,
-    select_rows,
     takes_keep_count,
 )
 from d3llm_pipeline.decoding.metrics import generated_token_counts
-from d3llm_pipeline.decoding.noise import gumbel_noise
+from d3llm_pipeline.decoding.noise import gumbel_noise_at
 from d3llm_pipeline.decoding.prefix_cache import PrefixCacheState, plan_forward, plan_forward_reference
 from d3llm_pipeline.decoding.selection import (
     Prediction,
@@ -107,8 +106,7 @@ def _predict_groups(groups, cand: torch.Tensor, step: torch.Tensor, sample_keys:
         if spec.temperature > 0:  # keyed by (seed, sample, own step, position, token): batch-independent
             sub_step, sub_keys = (step, sample_keys) if g is None else (step[g], sample_keys[g])
             positions = torch.arange(cand.shape[1], device=cand.device).expand(sub_cand.shape[0], -1)
-            gumbel = select_rows(gumbel_noise(spec.seed, sub_keys, sub_step, positions, logits.shape[-1]), sub_cand,
-                                 count)
+            gumbel = gumbel_noise_at(spec.seed, sub_keys, sub_step, positions, sub_cand, count, logits.shape[-1])
         pred = predict(logits, banned_ids=banned, temperature=spec.temperature, gumbel=gumbel, consume=True,
                        dtype=spec.entropy_dtype)
         parts.append((g, scatter_prediction(pred, sub_cand, count)))

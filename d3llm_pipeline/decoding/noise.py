@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from d3llm_pipeline.decoding.batch import select_rows
+
 # splitmix64 multipliers as signed int64 (torch has no uint64 arithmetic); products wrap modulo 2**64.
 _M1 = 0xBF58476D1CE4E5B9 - (1 << 64)
 _M2 = 0x94D049BB133111EB - (1 << 64)
@@ -52,3 +54,18 @@ def gumbel_noise(
     tokens = torch.arange(vocab_size, device=device)[None, None, :]  # (1, 1, V)
     u = counter_uniform(seed, sample_keys[:, None, None], steps[:, None, None], positions[:, :, None], tokens)
     return (-torch.log(-torch.log(u))).float()  # (A, K, V)
+
+
+def gumbel_noise_at(seed: int, sample_keys: torch.Tensor, steps: torch.Tensor, positions: torch.Tensor,
+                    where: torch.Tensor, count: int | None, vocab_size: int) -> torch.Tensor:
+    """gumbel_noise(...)[where] (n, V) for a bool mask `where` (A, K) with n True entries (`count` if known: no
+    host sync), computed for those n rows only. The draws are pointwise in their keys, so the rows are bitwise the
+    full tensor's; a decoder's candidates are a small part of its window (and V is ~150k for Dream), so this is
+    most of the sampling cost saved."""
+    a, k = positions.shape
+
+    def rows(t: torch.Tensor) -> torch.Tensor:  # (A, K)-broadcastable -> (n,)
+        return select_rows(t.expand(a, k), where, count)
+
+    return gumbel_noise(seed, rows(sample_keys[:, None]), rows(steps[:, None]), rows(positions)[:, None],
+                        vocab_size)[:, 0]

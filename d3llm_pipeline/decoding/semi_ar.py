@@ -37,13 +37,12 @@ from d3llm_pipeline.decoding.batch import (
     banned_ids,
     build_attention,
     host_values,
-    select_rows,
     takes_keep_count,
 )
 from d3llm_pipeline.decoding.lm import DiffusionLM
 from d3llm_pipeline.decoding.metrics import generated_token_counts
 from d3llm_pipeline.decoding.multi_block import decode_multi_block
-from d3llm_pipeline.decoding.noise import gumbel_noise
+from d3llm_pipeline.decoding.noise import gumbel_noise_at
 from d3llm_pipeline.decoding.selection import ids_tensor, predict, scatter_prediction, select_tokens
 from d3llm_pipeline.decoding.spec import DecodeSpec, decode_defaults
 
@@ -100,7 +99,7 @@ def _step(
     vocab = flat.shape[-1]
     gumbel = None
     if spec.temperature > 0:  # noise keyed by (seed, sample, own step, position, token): batch-independent
-        gumbel = select_rows(gumbel_noise(spec.seed, sample_keys, step, pos, vocab), candidates, n_candidates)
+        gumbel = gumbel_noise_at(spec.seed, sample_keys, step, pos, candidates, n_candidates, vocab)
     pred = scatter_prediction(
         predict(flat, banned_ids=banned_ids(model) if banned is None else banned, temperature=spec.temperature,
                 gumbel=gumbel, consume=True, dtype=spec.entropy_dtype),

@@ -15,11 +15,14 @@ from d3llm_pipeline.lmeval.model import D3LLMEvalModel
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 
 
-def task_manager(**metadata):
-    """An lm-eval TaskManager that also knows our tasks (d3llm_pipeline/lmeval/tasks); metadata goes to them."""
+def task_manager(*, lm_eval_tasks: bool = True, **metadata):
+    """An lm-eval TaskManager that knows our tasks (d3llm_pipeline/lmeval/tasks); metadata goes to them.
+
+    lm_eval_tasks=False leaves out lm-eval's own ~14k task files, whose index takes ~12 s to build on a CPU core:
+    the eval stage runs only our tasks (their `include:`s point at our own files)."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=str(TASKS_DIR), metadata=metadata or None)
+    return TaskManager(include_path=str(TASKS_DIR), include_defaults=lm_eval_tasks, metadata=metadata or None)
 
 
 __all__ = ["TASKS_DIR", "D3LLMEvalModel", "task_manager"]

@@ -98,7 +98,8 @@ def run_lmeval(job, task: BenchmarkTask, setting: BenchmarkSetting, limit: int |
     results = lm_eval.simple_evaluate(
         model=model, tasks=[setting.lmeval_task], num_fewshot=setting.num_fewshot, limit=limit,
         apply_chat_template=setting.apply_chat_template, fewshot_as_multiturn=task.fewshot_as_multiturn,
-        log_samples=True, task_manager=task_manager(**metadata), confirm_run_unsafe_code=task.allow_code_execution,
+        log_samples=True, task_manager=task_manager(lm_eval_tasks=False, **metadata),
+        confirm_run_unsafe_code=task.allow_code_execution,
         random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
         bootstrap_iters=0)
     return model, results

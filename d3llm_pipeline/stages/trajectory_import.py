@@ -49,6 +49,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     stage = load_section(cfg.stage, TrajectoryImportStageConfig, "stage")
     require_writable(stage.out_dir, "stage.out_dir")
     ownership.check_ours(stage.out_dir, "trajectories", "stage.out_dir")
+    if stage.mask_token_id is None:
+        raise ConfigError(f"stage.mask_token_id: model.family={cfg.model.family} has no published d3LLM trajectories; "
+                          "import for a real model (model=llada_8b_instruct | dream_7b_instruct) or set "
+                          "stage.mask_token_id=<the data's MASK id>")
     try:
         source = load_source(stage.source, stage.split)
         if stage.limit is not None:

@@ -87,7 +87,7 @@ CASES = [
     ("decode_temperature", ["decode.temperature=-1"], "decode.temperature must be >= 0"),
     ("import_no_source", ["stage=trajectory_import", "stage.mask_token_id=1"], "stage.source must name"),
     ("import_tiny_family", ["stage=trajectory_import", "stage.source=x"],
-     "stage.mask_token_id: its by_family table has no value for model.family=tiny"),
+     "stage.mask_token_id: model.family=tiny has no published d3LLM trajectories"),
     ("distill_lora_r", ["stage=distill", "distill.lora.r=0"], "distill.lora.r must be >= 1"),
     ("distill_window", ["stage=distill", "distill.curriculum.window_sizes=[8,100]"], "distill.curriculum.window_sizes"),
     ("distill_fixed_window", ["stage=distill", "distill.curriculum.fixed_window=128"], "curriculum.fixed_window"),

@@ -19,7 +19,8 @@ from d3llm_pipeline.models.families.fixture_tokenizer import build_fixture_token
 from d3llm_pipeline.stages import call_stage
 from d3llm_pipeline.tasks import arith
 
-STEPS = "stage.step_overrides={distill: ['stage.epochs=1', 'stage.batch_size=8', 'stage.warmup_steps=1']}"
+STEPS = ("stage.step_overrides={trajectory: ['stage.n_prompts=8'], "
+         "distill: ['stage.epochs=1', 'stage.batch_size=8', 'stage.warmup_steps=1']}")
 
 
 def run_pipeline(root: Path, experiment: str, teacher: Path) -> dict:
@@ -41,7 +42,7 @@ def test_pipeline_runs_on_an_official_format_fixture(tmp_path, family="dream"):
     run = tmp_path / "run"
     assert not (run / "teacher").exists()  # a real family's teacher is the given checkpoint, never trained
     trajectory = json.loads((run / "trajectory" / "metrics.json").read_text())
-    assert trajectory["labelled_now"] == 32
+    assert trajectory["labelled_now"] == 8
     artifacts = tmp_path / "outputs" / f"artifacts_{family}_fixture"
     assert list((artifacts / "trajectories" / name).glob("*")), "no trajectory chunks written"
     assert (artifacts / "student" / "merged" / "model.safetensors").is_file()

@@ -425,3 +425,14 @@ def test_mix64_equals_plain_python_splitmix64() -> None:
 
     values = [0, 1, 12345, 2**40 + 7, -5]
     assert mix64(torch.tensor(values)).tolist() == [reference(v & ((1 << 64) - 1)) for v in values]
+
+
+def test_noise_at_the_candidates_is_the_full_noise_rows() -> None:
+    from d3llm_pipeline.decoding.noise import gumbel_noise, gumbel_noise_at
+
+    keys, steps = torch.tensor([5, 9, 2]), torch.tensor([0, 3, 7])
+    positions = torch.arange(6).expand(3, -1)
+    where = torch.rand(3, 6, generator=torch.Generator().manual_seed(0)) > 0.5
+    full = gumbel_noise(11, keys, steps, positions, 50)[where]  # (n, V)
+    for count in (None, int(where.sum())):
+        assert torch.equal(gumbel_noise_at(11, keys, steps, positions, where, count, 50), full)
