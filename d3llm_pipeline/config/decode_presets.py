@@ -145,3 +145,8 @@ def pipeline_task_of(lmeval_task: str | None) -> str | None:
         if lmeval_task in names:
             return str(task.name)
     return None
+
+
+def task_metric(task: str) -> str:
+    """The metric a pipeline task (conf/task name) scores with: its `metric` key."""
+    return str(_composed(None, None, task).task.metric)

@@ -5,14 +5,22 @@
                                   task_manager=task_manager())
 
 Shell: `python -m d3llm_pipeline.lmeval --model d3llm --model_args pretrained=<dir>,decode=d3llm --tasks arith`
-(our task dir is added to --include_path automatically). Importing this package registers the model.
+(our task dir is added to --include_path automatically). Importing `D3LLMEvalModel` (from here or from
+lmeval.model) registers the model; the package itself stays light (no torch), so the CLI's checks run first.
 """
 
 from pathlib import Path
-
-from d3llm_pipeline.lmeval.model import D3LLMEvalModel
+from typing import Any
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "D3LLMEvalModel":  # torch + lm-eval's model base: imported when first asked for
+        from d3llm_pipeline.lmeval.model import D3LLMEvalModel
+
+        return D3LLMEvalModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def task_manager(*, lm_eval_tasks: bool = True, **metadata):

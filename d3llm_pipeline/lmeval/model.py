@@ -82,13 +82,15 @@ class D3LLMEvalModel(LM):
     spec (from Python: a whole DecodeSpec, used for every request as is; the eval stage passes its decode
     section this way), batch_size, prompt_length (pad prompts on the right with PAD to this fixed length, the arith layout; default
     for family tiny: 24; unset for other families, or 0: prompts are left-padded per batch with an attention
-    mask), threads, stats_path (write the per-request records as JSONL there after every generate_until call).
+    mask), threads, stats_path (write the per-request records as JSONL there after every generate_until call),
+    name (this model's curve label in stage=report; default: the preset's name, else the checkpoint dir's name).
     """
 
     def __init__(self, pretrained: str | None = None, family: str | None = None, dtype: str | None = None,
                  device: str = "auto", decode: str = "threshold", batch_size: int | str = 16,
                  prompt_length: int | None = None, threads: int | None = None, stats_path: str | None = None,
                  attn_implementation: str | None = None, backend: str | None = None, preset: str | None = None,
+                 name: str | None = None,
                  lm: Any = None, tokenizer: Any = None, spec: DecodeSpec | None = None, **knobs: Any) -> None:
         super().__init__()
         if preset is None and pretrained is not None and str(pretrained).endswith((".yaml", ".yml")):
@@ -113,6 +115,9 @@ class D3LLMEvalModel(LM):
         self.pretrained = str(pretrained) if pretrained is not None else type(lm).__name__
         self._device = next(lm.parameters()).device
         self.decode_name = str(decode)
+        # the curve label of this model in stage=report (get_model_info): the preset's name, else the dir's
+        self.name = name or (Path(str(preset)).stem if preset is not None else Path(self.pretrained).name)
+        self.task_specs: dict[str, DecodeSpec] = {}  # lm-eval task -> the spec its requests decoded with
         self.settings, self.preset = settings, (str(preset) if preset is not None else None)
         # preset (the task's decode_table row, else the model's decode_defaults), then the user's knobs: resolved and
         # validated as the pipeline's decode section is (config/decode_presets.py)
@@ -245,7 +250,7 @@ class D3LLMEvalModel(LM):
             groups.setdefault(key, []).append(i)
         bar = tqdm(total=len(requests), desc="d3llm generate", disable=disable_tqdm or self.rank != 0)
         for (task, max_gen_toks), idx in groups.items():
-            spec = self.spec_for(max_gen_toks, task)
+            spec = self.task_specs[str(task)] = self.spec_for(max_gen_toks, task)
             for lo in range(0, len(idx), self.batch_size):
                 batch = idx[lo: lo + self.batch_size]
                 for i, text in zip(batch, self._decode_batch([requests[i] for i in batch], spec), strict=True):
@@ -285,6 +290,14 @@ class D3LLMEvalModel(LM):
                                "nfe": int(forwards), "tokens": int(tokens), "gen_length": spec.gen_length,
                                "batch_wall_s": round(wall, 4), "wall_s": round(wall / len(requests), 4)})
         return texts
+
+    def get_model_info(self) -> dict[str, Any]:
+        """What lm-eval writes into its results file's `config` (we add `d3llm`): the curve label, the decoder and
+        each task's spec, and the NFE / tokens / TPF summary, so stage=report can place every task as an AUP point
+        (reporting/lmeval_results.py)."""
+        return {"d3llm": {"model": self.name, "family": self.family, "decode": self.decode_name,
+                          "specs": {t: dataclasses.asdict(s) for t, s in self.task_specs.items()},
+                          "summary": self.summary()}}
 
     def summary(self, task: str | None = None) -> dict[str, Any]:
         """Totals over the recorded requests (those of `task` only, when given): TPF = Σ tokens / Σ NFE."""

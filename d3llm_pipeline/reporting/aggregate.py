@@ -1,4 +1,5 @@
-"""Aggregate eval jobs into AUP curves: read every `metrics.json`, group by (model, decoder), compute AUP.
+"""Aggregate eval jobs into AUP curves: read every `metrics.json` (and d3llm-lm-eval results file), group by (model,
+decoder), compute AUP.
 
 Used by the Hydra multirun callback (a sweep's own dir) and by `stage=report` (any set of run dirs).
 
@@ -17,6 +18,7 @@ from typing import Any
 
 from d3llm_pipeline.fileio import atomic_write_json
 from d3llm_pipeline.reporting.aup import aup, kept_points
+from d3llm_pipeline.reporting.lmeval_results import lmeval_runs
 
 
 def _failure(job: Path) -> str:
@@ -29,8 +31,8 @@ def _failure(job: Path) -> str:
 
 
 def collect_runs(dirs: list[str | Path]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Eval metrics under `dirs` (searched recursively) and the job dirs that have no metrics (failed, with the
-    reason from their error.txt when they wrote one)."""
+    """Eval metrics under `dirs` (searched recursively: eval jobs' metrics.json and d3llm-lm-eval results files)
+    and the job dirs that have no metrics (failed, with the reason from their error.txt when they wrote one)."""
     runs, failed = [], []
     for root in map(Path, dirs):
         if not root.exists():
@@ -39,6 +41,11 @@ def collect_runs(dirs: list[str | Path]) -> tuple[list[dict[str, Any]], list[str
         # A job dir is a Hydra job (.hydra/) or any dir holding a metrics.json (e.g. stage=pipeline's sweeps) or
         # an error.txt (a failed job).
         jobs = {p.parent for name in (".hydra", "metrics.json", "error.txt") for p in root.rglob(name)}
+        for results in sorted(root.rglob("results_*.json")):  # d3llm-lm-eval --output_path files
+            found, bad = lmeval_runs(results)
+            runs.extend(found)
+            failed.extend(bad)
+            jobs.discard(results.parent)
         for job in sorted(jobs):
             metrics = job / "metrics.json"
             if not metrics.is_file():

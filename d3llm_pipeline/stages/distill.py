@@ -45,6 +45,7 @@ from d3llm_pipeline.training.fit import (
     SUMMARY_FILE,
     WORLD_KEYS,
     launcher_rank,
+    progress_bar,
     trainer_identity,
     trainer_kwargs,
     validation_evaluator,
@@ -159,7 +160,7 @@ def _distill(cfg: DictConfig, stage: DistillStageConfig, distill: DistillConfig,
         ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=stage.checkpoint_every, save_last=True, save_top_k=0),
     ]
     gather = GatherTrainedState() if is_fsdp(strategy) else None  # sharded weights: gathered to export them
-    callbacks += [gather] if gather else []
+    callbacks += ([gather] if gather else []) + progress_bar(cfg)
     trainer = L.Trainer(**trainer_kwargs(cfg, model=student), max_steps=max_steps, max_epochs=-1,
                         logger=make_lightning_logger(cfg, "distill"), callbacks=callbacks, num_sanity_val_steps=0,
                         limit_val_batches=0, gradient_clip_val=stage.grad_clip, default_root_dir=output_dir_of(cfg))

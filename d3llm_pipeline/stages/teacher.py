@@ -36,7 +36,13 @@ from d3llm_pipeline.stages.common import setup_run
 from d3llm_pipeline.tasks.base import Task
 from d3llm_pipeline.tasks.tokenizer import build_tokenizer
 from d3llm_pipeline.training.data import TaskDataModule
-from d3llm_pipeline.training.fit import SUMMARY_FILE, trainer_identity, trainer_kwargs, validation_evaluator
+from d3llm_pipeline.training.fit import (
+    SUMMARY_FILE,
+    progress_bar,
+    trainer_identity,
+    trainer_kwargs,
+    validation_evaluator,
+)
 from d3llm_pipeline.training.loggers import make_lightning_logger
 from d3llm_pipeline.training.relaunch import isolated_sweep_job
 from d3llm_pipeline.training.teacher_module import DiffusionSFTModule
@@ -111,7 +117,7 @@ def _train(cfg: DictConfig, stage: TeacherStageConfig, task: Task, model_cfg: Mo
                                  save_top_k=0)
     trainer = L.Trainer(
         **trainer_kwargs(cfg), max_steps=stage.max_steps, max_epochs=-1, logger=make_lightning_logger(cfg, "teacher"),
-        callbacks=[checkpoint], val_check_interval=stage.val_every, check_val_every_n_epoch=None,
+        callbacks=[checkpoint, *progress_bar(cfg)], val_check_interval=stage.val_every, check_val_every_n_epoch=None,
         num_sanity_val_steps=0, gradient_clip_val=stage.grad_clip, default_root_dir=str(out_dir),
     )
     resume_from = ckpt_dir / "last.ckpt"

@@ -119,7 +119,8 @@ def _from_hub(name: str, data: BenchmarkData):
         try:
             loaded = datasets.load_dataset(data.hub_id, config)
         except Exception as err:  # offline, not cached, no network, gated: all end the same way for the user
-            where = "HF_DATASETS_OFFLINE=1 and it is not in the local cache" if _offline() else str(err).splitlines()[0]
+            where = ("the Hub is offline (HF_DATASETS_OFFLINE=0 HF_HUB_OFFLINE=0 allow downloads) and it is not in "
+                     "the local cache") if _offline() else str(err).splitlines()[0]
             raise ConfigError(f"cannot load dataset {data.hub_id}{' (' + config + ')' if config else ''}: {where}; "
                               f"{_how_to_provide(name, data)}") from None
         for split, ds in loaded.items():

@@ -1,6 +1,7 @@
 """What the Lightning stages (teacher, distill) share: Trainer arguments, the validation evaluator, file names.
 
     trainer = L.Trainer(**trainer_kwargs(cfg, model=student), max_steps=..., ...)
+    callbacks += progress_bar(cfg)       # the epoch count of a max_steps run, where Lightning's bar reads "0/-2"
     evaluator = validation_evaluator(tokenizer, task, n_problems, decode_cfg)   # lm -> summary dict, or None
 """
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any
 
 import torch
@@ -67,6 +69,33 @@ def trainer_identity(cfg: DictConfig) -> dict[str, Any]:
     """The trainer.* keys that change what a training run produces (world size, precision, accumulation)."""
     keys = ("devices", "num_nodes", "precision", "accumulate_grad_batches")
     return {f"trainer.{k}": cfg.trainer[k] for k in keys if k in cfg.trainer}
+
+
+try:  # Lightning's default bar is the Rich one when rich is installed (it is a dependency of ours)
+    from lightning.pytorch.callbacks import RichProgressBar
+except ImportError:  # pragma: no cover - its TQDM bar reads "Epoch N", which is right
+    RichProgressBar = None
+
+
+if RichProgressBar is not None:
+    class StepBoundProgressBar(RichProgressBar):
+        """Lightning's Rich bar for a run bounded by max_steps (max_epochs=-1): "Epoch 2/5", the last epoch
+        counted from max_steps and the optimiser steps per epoch, where Lightning's reads "Epoch 2/-2"."""
+
+        def _get_train_description(self, current_epoch: int) -> str:
+            trainer = self.trainer
+            per_epoch = trainer.num_training_batches / max(1, trainer.accumulate_grad_batches)
+            if trainer.max_epochs not in (None, -1) or trainer.max_steps < 1 or not 0 < per_epoch < float("inf"):
+                return super()._get_train_description(current_epoch)
+            last = max(current_epoch, math.ceil(trainer.max_steps / per_epoch) - 1)
+            return f"Epoch {current_epoch}/{last}"
+
+
+def progress_bar(cfg: DictConfig) -> list:
+    """[the bar callback] for a Lightning stage's callbacks ([] when the trainer shows no bar)."""
+    if RichProgressBar is None or cfg.trainer.get("enable_progress_bar") is False:
+        return []
+    return [StepBoundProgressBar()]
 
 
 def _evaluate(lm, tokenizer, problems, spec, task, batch_size: int) -> dict[str, Any]:

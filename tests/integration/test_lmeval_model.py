@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, cli_in_process
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -224,13 +225,48 @@ def test_cli_runs_arith(teacher_dir, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "d3llm_pipeline.lmeval", "--model", "d3llm", "--model_args",
          f"pretrained={teacher_dir},decode=d3llm,threshold=0.5,batch_size=8,threads=1,stats_path={stats}",
-         "--tasks", "arith", "--metadata", json.dumps({"arith_n": 8})],
+         "--tasks", "arith", "--metadata", json.dumps({"arith_n": 8}), "--output_path", str(tmp_path / "lmeval")],
         capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "arith" in proc.stdout and "exact_match" in proc.stdout
     assert '"tpf"' in proc.stderr  # our summary line (NFE, tokens, TPF) is logged
     rows = [json.loads(line) for line in stats.read_text().splitlines()]
     assert len(rows) == 8 and all(r["nfe"] >= 1 and r["task"] == "arith" for r in rows)
+    # stage=report turns the lm-eval output into an AUP curve: one point, TPF = Σ tokens / Σ NFE of the requests
+    (results,) = (tmp_path / "lmeval").rglob("results_*.json")
+    report = cli_in_process(tmp_path, "stage=report", f"stage.runs=[{tmp_path / 'lmeval'}]",
+                            f"hydra.run.dir={tmp_path / 'report'}")
+    assert report.returncode == 0, report.stderr[-2000:]
+    (curve,) = json.loads((tmp_path / "report" / "aup.json").read_text())["curves"]
+    (point,) = curve["points"]
+    assert curve["model"] == "teacher" and curve["decoder"] == "d3llm" and point["threshold"] == 0.5
+    assert point["tpf"] == pytest.approx(sum(r["tokens"] for r in rows) / sum(r["nfe"] for r in rows))
+    exact_match = json.loads(results.read_text())["results"]["arith"]["exact_match,none"]
+    assert point["accuracy"] == pytest.approx(100 * exact_match) and curve["aup"] > 0
+    assert (tmp_path / "report" / "aup_curve.png").is_file()
+
+
+@pytest.mark.parametrize("case", ["no_tokenizer", "no_checkpoint", "offline_without_data"])
+def test_cli_mistakes_end_in_one_line_before_lm_eval_starts(teacher_dir, tmp_path, case):
+    """Each fails in the checks that run before lm-eval indexes its tasks (~12 s) or loads the model: exit 2, one
+    `error:` line. Offline by default, as the main CLI: no HF_* variable set here."""
+    bare = tmp_path / "bare"
+    shutil.copytree(teacher_dir, bare)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (bare / name).unlink(missing_ok=True)
+    pretrained, task, expected = {
+        "no_tokenizer": (bare, "arith", "holds no tokenizer"),
+        "no_checkpoint": (tmp_path / "nope", "arith", "holds no checkpoint (no config.json)"),
+        "offline_without_data": (teacher_dir, "d3llm_gsm8k_cot_zeroshot",
+                                 "cannot load dataset openai/gsm8k (main): the Hub is offline"),
+    }[case]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    proc = subprocess.run([sys.executable, "-m", "d3llm_pipeline.lmeval", "--model", "d3llm", "--model_args",
+                           f"pretrained={pretrained}", "--tasks", task], capture_output=True, text=True, env=env,
+                          timeout=120, cwd=ROOT)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
+    assert expected in lines[0]
 
 
 def test_sampled_outputs_do_not_depend_on_batching(teacher_dir):

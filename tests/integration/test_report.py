@@ -125,3 +125,37 @@ def wandb_records(path: Path) -> list:
             records.append(record)
             pending = b""
     return records
+
+
+def lmeval_results(path: Path, task: str, scores: dict, threshold: float, tokens: int, nfe: int, model="d3llm-llada"):
+    """A results file as `d3llm-lm-eval --output_path` writes it (lm-eval's layout, our model's config.d3llm)."""
+    summary = {"n": 2, "total_nfe": nfe, "total_tokens": tokens, "tpf": tokens / nfe}
+    data = {"results": {task: {"alias": task, **scores}},
+            "config": {"model": "d3llm", "d3llm": {"model": model, "family": "llada", "decode": "d3llm",
+                                                  "specs": {task: {"rule": "d3llm", "threshold": threshold}},
+                                                  "summary": {**summary, "by_task": {task: summary}}}}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+def test_report_reads_lm_eval_results_files(tmp_path):
+    out = tmp_path / "lmeval" / "d3llm-llada"
+    # GSM8K-CoT scores with flexible_extract (conf/task/gsm8k_cot.yaml metric), not the first metric lm-eval lists
+    for i, (tau, acc, tokens, nfe) in enumerate([(0.3, 0.80, 400, 100), (0.6, 0.78, 400, 50)]):
+        lmeval_results(out / f"results_2026-12-07T10-0{i}.json", "d3llm_gsm8k_cot_zeroshot",
+                       {"strict_match,none": 0.1, "strict_match_stderr,none": 0.01, "flexible_extract,none": acc},
+                       tau, tokens, nfe)
+    (out / "results_other.json").write_text(json.dumps({"results": {"x": {"acc,none": 1.0}}, "config": {}}))
+    runs, failed = collect_runs([tmp_path / "lmeval"])
+    assert len(runs) == 2 and len(failed) == 1 and "another model" in failed[0]
+    report = build_report(runs, y_max={"gsm8k_cot": 80.0})
+    (curve,) = report["curves"]
+    assert curve["task"] == "gsm8k_cot" and curve["model"] == "d3llm-llada" and curve["decoder"] == "d3llm"
+    assert [(p["tpf"], p["accuracy"], p["threshold"]) for p in curve["points"]] == [(4.0, 80.0, 0.3),
+                                                                                  (8.0, 78.0, 0.6)]
+    assert curve["aup"] == pytest.approx(aup([(4.0, 80.0), (8.0, 78.0)], 80.0))
+    # an lm-eval task no pipeline task runs (arith) scores with exact_match
+    lmeval_results(tmp_path / "arith" / "results_1.json", "arith", {"chain_correct,none": 0.5,
+                                                                    "exact_match,none": 0.25}, 0.5, 30, 10, "tiny")
+    (run,) = collect_runs([tmp_path / "arith"])[0]
+    assert run["task"]["name"] == "arith" and run["accuracy"] == 0.25 and run["tpf"] == 3.0

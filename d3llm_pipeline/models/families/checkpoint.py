@@ -65,6 +65,14 @@ def resolve_model_path(path: str | Path, key: str) -> Path:
                             f"check the id or pass a local dir with {key}=<dir>") from None
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
+
+
+def has_tokenizer_files(path: Path) -> bool:
+    """Whether a checkpoint dir ships a tokenizer (the official fixtures, for one, ship none)."""
+    return any((path / name).is_file() for name in TOKENIZER_FILES)
+
+
 def read_config(path: str | Path, key: str) -> tuple[Path, dict]:
     """(local dir, parsed config.json) or a one-line error."""
     path = resolve_model_path(path, key)

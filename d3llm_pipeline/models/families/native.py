@@ -112,7 +112,7 @@ def rebuild_buffers(model: torch.nn.Module, device: torch.device, every: bool = 
 
 def load_tokenizer(path: Path):
     """The checkpoint's tokenizer if the dir has one (no remote code), else None (the official fixtures ship none)."""
-    if not any((path / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
+    if not checkpoint.has_tokenizer_files(path):
         log.info("%s holds no tokenizer files: loading the model without a tokenizer", path)
         return None
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
