@@ -73,7 +73,7 @@ def swept_keys(sweep_dir: str) -> set[str] | None:
     return {o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()} | {str(k) for k in params}
 
 
-def _multirun():
+def running_multirun():
     """The running Hydra job's config if it is a job of a multirun, else None."""
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -90,14 +90,14 @@ def sweep_group(name: str, sweep_dir: str) -> str:
 
 
 def _sweep_group(name: str) -> str:
-    hydra_cfg = _multirun()
+    hydra_cfg = running_multirun()
     return name if hydra_cfg is None else sweep_group(name, hydra_cfg.sweep.dir)
 
 
 def _per_job(single: str, root: str, *, _root_) -> str:
     if _root_.get("output_dir"):  # a step run inside stage=pipeline / ablation, or a test
         return single
-    hydra_cfg = _multirun()
+    hydra_cfg = running_multirun()
     if hydra_cfg is None:
         return single
     return f"{root}/{job_dirname(list(hydra_cfg.overrides.task), swept_keys(hydra_cfg.sweep.dir))}"
@@ -131,7 +131,7 @@ def job_device(job_num: int | None, visible_gpus: int) -> str:
 
 def _job_device() -> str:
     """${job_device:}: `device='${job_device:}'` gives each multirun job its own GPU (job_device)."""
-    hydra_cfg = _multirun()
+    hydra_cfg = running_multirun()
     if hydra_cfg is None:
         return "auto"
     import torch  # only when the resolver is used: config validation must not pay for torch

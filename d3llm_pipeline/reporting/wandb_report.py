@@ -7,7 +7,8 @@ Used by stage=report, stage=pipeline, stage=ablation and the Hydra multirun call
 run (job_type=report, group=<experiment_name>, offline unless WANDB_MODE=online) holding:
 - `report/curves`: a wandb.Table with one row per eval job (model, decoder, threshold, tpf, accuracy, aup), so
   a dashboard can group or filter by model and decoder;
-- `report/aup_curve`: accuracy over TPF, one line per (model, decoder) (wandb.plot.line_series);
+- `report/aup_curve`: accuracy over TPF, one line per (model, decoder) (wandb.plot.line_series, a chart panel);
+- `report/aup_curve_figure`: aup_curve.png as written beside the report (AUP and intervals in the legend);
 - `report/leaderboard`: one row per curve (aggregate.leaderboard_rows), best AUP first;
 - summary `aup/<model>/<decoder>` and `report/y_max`.
 The numbers come from the same report dict as aup_points.csv / aup.json: the files stay the source of truth.
@@ -15,11 +16,13 @@ The numbers come from the same report dict as aup_points.csv / aup.json: the fil
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
 from d3llm_pipeline.reporting.aggregate import leaderboard_rows
+from d3llm_pipeline.runtime import output_dir_of
 
 CURVE_COLUMNS = ["model", "decoder", "threshold", "tpf", "accuracy", "aup"]
 
@@ -51,6 +54,9 @@ def log_report(cfg: DictConfig, report: dict[str, Any],
                 keys=[f"{c['model']} / {c['decoder']}" for c in report["curves"]],
                 title=f"Accuracy under parallelism (y_max = {report['y_max']:.1f})", xname="tokens per forward"),
         }
+        figure = Path(output_dir_of(cfg)) / "aup_curve.png"  # write_report's plot, beside the run: the same figure
+        if figure.is_file():
+            logged["report/aup_curve_figure"] = wandb.Image(str(figure))
         for name, (columns, rows) in (tables or {}).items():
             logged[f"report/{name}"] = wandb.Table(columns=columns, data=rows)
         run.log(logged)

@@ -58,6 +58,7 @@ from d3llm_pipeline.stages import output_dir_of
 from d3llm_pipeline.stages.steps import (
     StepProgress,
     check_step,
+    report_logging,
     run_steps,
     student_overrides,
     teacher_step,
@@ -165,7 +166,7 @@ def tabulate(cfg: DictConfig, stage: AblationStageConfig, out_dir: Path,
     table = markdown_table(rows, stage.reference_threshold, report["y_max"])
     atomic_write_text(out_dir / "ablation.md", table + "\n")
     written += [out_dir / "ablation.md", write_csv(rows, out_dir / "ablation.csv")]
-    log_report(cfg, report, tables={"ablation": as_lists(rows)})
+    log_report(report_logging(cfg), report, tables={"ablation": as_lists(rows)})
     print(table)
     print(f"ablation table: {out_dir / 'ablation.md'} (+ ablation.csv); curves: {out_dir / 'aup_curve.png'}")
     if failed:

@@ -27,7 +27,14 @@ from d3llm_pipeline.models.families import EMBEDDED_FAMILY
 from d3llm_pipeline.reporting.aggregate import build_report, collect_runs, leaderboard, write_report
 from d3llm_pipeline.reporting.wandb_report import log_report
 from d3llm_pipeline.stages import output_dir_of
-from d3llm_pipeline.stages.steps import StepProgress, check_step, run_steps, student_overrides, teacher_step
+from d3llm_pipeline.stages.steps import (
+    StepProgress,
+    check_step,
+    report_logging,
+    run_steps,
+    student_overrides,
+    teacher_step,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +87,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     written = write_report(out_dir, report, failed)
     table = leaderboard(report)
     atomic_write_text(out_dir / "leaderboard.md", table + "\n")
-    log_report(cfg, report)
+    log_report(report_logging(cfg), report)
     print(table)
     log.info("pipeline finished: plot %s, table %s", out_dir / "aup_curve.png", out_dir / "leaderboard.md")
     return {"stage": "pipeline", "report": [str(p) for p in written], "failed_jobs": failed,

@@ -10,20 +10,22 @@ and writes into `<out_dir>/<name>`.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 from hydra import compose
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from d3llm_pipeline import artifacts
 from d3llm_pipeline.config.validate import validate_config
 from d3llm_pipeline.errors import ConfigError
 from d3llm_pipeline.models.families import EMBEDDED_FAMILY
-from d3llm_pipeline.stages import call_stage, finish_wandb
+from d3llm_pipeline.stages import call_stage, finish_wandb, output_dir_of
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +49,48 @@ def step_extras(cfg: DictConfig, step: str) -> list[str]:
     return [*(cfg.get("step_defaults") or {}).get(step, []), *cfg.stage.get("step_overrides", {}).get(step, [])]
 
 
+def _user_set(cfg: DictConfig, key: str) -> bool:
+    return any(o.lstrip("+~").startswith(f"{key}=") for o in user_overrides(cfg))
+
+
+def wandb_group(cfg: DictConfig) -> str:
+    """The wandb group of a pipeline / ablation run and all its steps: logger.group if the command line sets it,
+    else '<experiment>/<the run's dir name>', so one dashboard group holds one run's trajectories, students, sweeps
+    and report."""
+    if _user_set(cfg, "logger.group"):
+        return str(cfg.logger.group)
+    return f"{cfg.experiment_name}/{Path(output_dir_of(cfg)).name}"
+
+
+def step_logging(cfg: DictConfig, out_dir: Path, name: str) -> list[str]:
+    """With logger=wandb: a step's group (wandb_group) and run name ('<experiment>/<step dir under the run>', e.g.
+    'd3llm_llada/sweeps/gsm8k_cot/student_d3llm/0')."""
+    if cfg.logger.get("name") != "wandb":
+        return []
+    label = Path(os.path.relpath(out_dir / name, output_dir_of(cfg))).as_posix()
+    named = [] if _user_set(cfg, "logger.run_name") else [f"logger.run_name='{cfg.experiment_name}/{label}'"]
+    return [f"logger.group='{wandb_group(cfg)}'", *named]
+
+
+def report_logging(cfg: DictConfig) -> DictConfig:
+    """The config a pipeline / ablation logs its report with: in the run's wandb group, named '<experiment>/report'."""
+    if cfg.logger.get("name") != "wandb":
+        return cfg
+    out = copy.deepcopy(cfg)
+    with open_dict(out):
+        out.logger.group = wandb_group(cfg)
+        out.logger.run_name = cfg.logger.get("run_name") or f"{cfg.experiment_name}/report"
+    return out
+
+
 def step_overrides(cfg: DictConfig, out_dir: Path, name: str, *overrides: str,
                    base: list[str] | None = None) -> list[str]:
     """A step's whole command line: `overrides` (the first is "stage=<step>") on top of `base` (default:
-    user_overrides), then the step's extras, writing into `<out_dir>/<name>`."""
+    user_overrides), then the step's extras and wandb names (step_logging), writing into `<out_dir>/<name>`."""
     step = overrides[0].split("=", 1)[1]
     base = user_overrides(cfg) if base is None else base
-    return [*base, *overrides, *step_extras(cfg, step), f"+output_dir={out_dir / name}"]
+    return [*base, *overrides, *step_extras(cfg, step), *step_logging(cfg, out_dir, name),
+            f"+output_dir={out_dir / name}"]
 
 
 def compose_step(cfg: DictConfig, out_dir: Path, name: str, *overrides: str,

@@ -1,8 +1,9 @@
 """Logger glue: `logger=csv|wandb|none` for Lightning stages, and a plain wandb run for non-Lightning stages.
 
-wandb runs use project=d3llm-pipeline, group=<experiment_name>, job_type=<stage>, log the resolved config and
-git SHA, and are offline unless WANDB_MODE=online. The run id is written into the output dir (wandb_run_id.txt)
-so a resumed stage continues the same run.
+wandb runs use project=d3llm-pipeline (logger.entity: your team), group=<experiment_name> (a sweep's or a pipeline's
+own, conf/logger/wandb.yaml), job_type=<stage>, a name that says experiment / stage / what varies (run_name), log the
+resolved config and git SHA, and are offline unless WANDB_MODE=online. The run id is written into the output dir
+(wandb_run_id.txt) so a resumed stage continues the same run.
 """
 
 from __future__ import annotations
@@ -18,6 +19,22 @@ from d3llm_pipeline.runtime import git_sha, output_dir_of
 LOGGERS = ("csv", "wandb", "none")
 
 
+def run_name(cfg: DictConfig, job_type: str) -> str:
+    """logger.run_name, else '<experiment>/<job type>', plus a multirun job's swept overrides
+    ('default/eval decode.threshold=0.5'). stage=pipeline / ablation name their steps themselves (steps.py)."""
+    if cfg.logger.get("run_name"):
+        return str(cfg.logger.run_name)
+    name = f"{cfg.get('experiment_name', 'default')}/{job_type}"
+    from d3llm_pipeline.config import running_multirun, swept_keys
+
+    hydra_cfg = running_multirun()
+    if hydra_cfg is not None:
+        swept = swept_keys(hydra_cfg.sweep.dir) or set()
+        varied = [o for o in hydra_cfg.overrides.task if o.lstrip("+~").split("=", 1)[0] in swept]
+        name += (" " + " ".join(varied)) if varied else ""
+    return name
+
+
 def _wandb_settings(cfg: DictConfig, job_type: str) -> dict[str, Any]:
     out_dir = Path(output_dir_of(cfg))
     id_file = out_dir / "wandb_run_id.txt"
@@ -25,6 +42,8 @@ def _wandb_settings(cfg: DictConfig, job_type: str) -> dict[str, Any]:
     config["git_sha"] = git_sha()
     settings = {
         "project": cfg.logger.get("project", "d3llm-pipeline"),
+        "entity": cfg.logger.get("entity"),
+        "name": run_name(cfg, job_type),
         "group": str(cfg.logger.get("group", "default")),
         "job_type": job_type,
         "tags": list(cfg.logger.get("tags", [])),

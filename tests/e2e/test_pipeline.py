@@ -68,3 +68,25 @@ def test_pipeline_on_the_long_task(tmp_path):
     assert (artifacts / "student" / "merged" / "model.safetensors").is_file()
     metrics = json.loads((tmp_path / "run" / "sweeps" / "student_d3llm" / "0" / "metrics.json").read_text())
     assert metrics["decoder"]["gen_length"] == 128 and metrics["task"]["name"] == "arith_long"
+
+
+def test_with_wandb_the_steps_and_the_report_share_the_run_s_group(tmp_path):
+    from d3llm_pipeline.stages.steps import report_logging, step_overrides
+
+    overrides = ["experiment=smoke", "logger=wandb", f"paths.root_dir={tmp_path}"]
+    run = tmp_path / "2026-12-07_10-00-00"
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            "stage=pipeline", f"+output_dir={run}", f"+pipeline_overrides={overrides}", *overrides])
+        step = compose(config_name="config", overrides=step_overrides(cfg, run / "sweeps", "student_d3llm/0",
+                                                                      "stage=eval"))
+        group = f"{cfg.experiment_name}/2026-12-07_10-00-00"
+        assert step.logger.group == group and step.logger.run_name == f"{cfg.experiment_name}/sweeps/student_d3llm/0"
+        report = report_logging(cfg).logger
+        assert report.group == group and report.run_name == f"{cfg.experiment_name}/report"
+        # the command line's own group wins, for every step
+        mine = [*overrides, "logger.group=mine"]
+        cfg = compose(config_name="config", overrides=[
+            "stage=pipeline", f"+output_dir={run}", f"+pipeline_overrides={mine}", *mine])
+        step = compose(config_name="config", overrides=step_overrides(cfg, run, "distill", "stage=distill"))
+        assert step.logger.group == "mine" == report_logging(cfg).logger.group

@@ -125,3 +125,8 @@ def test_sweep_preset_runs_as_a_multirun_and_logs_its_report_to_wandb(trained_ro
     (curves,) = (run_dir / "files" / "media" / "table" / "report").glob("curves_*.table.json")
     rows = json.loads(curves.read_text())["data"]
     assert sorted((r[2], r[3]) for r in rows) == [(0.5, jobs[0]["tpf"]), (2.0, jobs[1]["tpf"])]
+    # the plot as a figure too, and each job's run named by what the sweep varies
+    assert list((run_dir / "files" / "media" / "images" / "report").glob("aup_curve_figure_*.png"))
+    job_id = (sweep / "0" / "wandb_run_id.txt").read_text().strip()
+    (job_run,) = (sweep / "0" / "wandb").glob(f"offline-run-*-{job_id}/run-{job_id}.wandb")
+    assert b"/eval decode.threshold=0.5" in job_run.read_bytes()
