@@ -10,7 +10,9 @@ eval jobs of the sweeps) is handed to it as one multirun: the jobs run in parall
 Slurm job array: one GPU per eval job), and this process waits for the batch. Each job is the step's own command
 line (the same overrides as in process), writing into its step dir, with its Hydra log and `.hydra/` there.
 
-Resources: eval and trajectory jobs get the launcher's settings as given (conf/hydra/launcher/slurm.yaml: one GPU).
+Resources: eval and trajectory jobs get the launcher's settings as given (conf/hydra/launcher/slurm.yaml: one GPU;
+joblib: `device=${job_device:}` spreads them over a node's GPUs). Distillations under joblib run in this process
+(`launched`), on all the node's devices.
 A distillation job on Slurm gets `trainer.num_nodes` nodes with one task per device (`trainer.devices`), each task
 one rank (Lightning's SLURM environment; `strategy: ddp_spawn` becomes `ddp`, since Slurm starts the ranks).
 
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 
 BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+JOBLIB_LAUNCHER = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the package's link to the top-level conf/
 
 
@@ -49,6 +52,13 @@ def external_launcher() -> str | None:
         return None
     target = str(hydra_cfg.launcher.get("_target_", BASIC_LAUNCHER))
     return None if hydra_cfg.mode == RunMode.MULTIRUN or target == BASIC_LAUNCHER else target
+
+
+def launched(kind: str, target: str | None) -> bool:
+    """Whether a batch of `kind` steps goes through launcher `target` (None: no external launcher). Distillations
+    under joblib (hydra/launcher=local, one machine) run in this process instead: joblib's loky workers cannot start
+    Lightning's DDP ranks ("cannot find context for 'loky'"), and on one node a distillation takes every GPU anyway."""
+    return target is not None and not (kind == "distill" and target == JOBLIB_LAUNCHER)
 
 
 def distill_resources(cfg: DictConfig, target: str) -> tuple[list[str], list[str]]:

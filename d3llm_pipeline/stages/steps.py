@@ -151,10 +151,10 @@ def run_steps(cfg: DictConfig, steps: list[Step], kind: str, progress: StepProgr
     """Run a batch of steps that may run at once: in this process one by one, or, when the run was started with a
     Hydra launcher (hydra/launcher=slurm | submitit_local | local), as one multirun of it (stages/launch.py), with
     its submission files under `root`."""
-    from d3llm_pipeline.stages.launch import distill_resources, external_launcher, launch_steps
+    from d3llm_pipeline.stages.launch import distill_resources, external_launcher, launch_steps, launched
 
     target = external_launcher()
-    if target is None:
+    if not launched(kind, target):
         for directory, name, overrides, base in steps:
             with progress.step(str((directory / name).relative_to(root)) if kind == "eval" else name, kind):
                 run_step(cfg, directory, name, *overrides, base=base, reuse_eval=reuse_eval)

@@ -68,7 +68,9 @@ def launcher_rank() -> int:
 def trainer_identity(cfg: DictConfig) -> dict[str, Any]:
     """The trainer.* keys that change what a training run produces (world size, precision, accumulation)."""
     keys = ("devices", "num_nodes", "precision", "accumulate_grad_batches")
-    return {f"trainer.{k}": cfg.trainer[k] for k in keys if k in cfg.trainer}
+    # num_nodes=1 is Lightning's default, left out so runs from before the presets named it keep their fingerprint
+    return {f"trainer.{k}": cfg.trainer[k] for k in keys if k in cfg.trainer
+            and not (k == "num_nodes" and cfg.trainer[k] == 1)}
 
 
 try:  # Lightning's default bar is the Rich one when rich is installed (it is a dependency of ours)

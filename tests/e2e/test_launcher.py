@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from paper_fixture import paper_setup, quoted_list
 
@@ -105,3 +106,20 @@ def test_a_pipeline_through_submitit_resumes_a_killed_distillation(tmp_path):
     assert {c["model"] for c in report["curves"]} == {"llada-8b-instruct", "llada-8b-instruct-student"}
     trajectory = json.loads((run / "trajectory" / "metrics.json").read_text())
     assert trajectory["labelled_now"] == 0  # the finished trajectories were not labelled again
+
+
+@pytest.mark.slow
+def test_the_one_node_recipe_runs_with_joblib_and_ddp(tmp_path):
+    """README's one-node command on CPU: eval and trajectory jobs in joblib processes, the distillation in the
+    pipeline's process on 2 gloo DDP ranks (joblib's loky workers cannot spawn them). ~40 s on 2 cores."""
+    _, overrides = paper_setup(tmp_path, "llada")
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "d3llm_pipeline", "stage=pipeline", *overrides, "hydra/launcher=local",
+               "hydra.launcher.n_jobs=2", "device=${job_device:}", "trainer=ddp", "trainer.accelerator=cpu",
+               "trainer.devices=2", "trainer.precision=32-true", f"hydra.run.dir={run}"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline"}
+    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in proc.stderr
+    report = json.loads((run / "aup.json").read_text())
+    assert {c["task"] for c in report["curves"]} == {"gsm8k_cot", "long_gsm8k"}
