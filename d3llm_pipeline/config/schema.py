@@ -217,8 +217,11 @@ class SuiteConfig:
     # AUP's y_max per task name (the leaderboard's: the best accuracy of any method, method.md §8); a task without
     # one is scored against the best accuracy among the report's own runs
     y_max: dict[str, float] = field(default_factory=dict)
+    # label the prompt set in N shards: N trajectory jobs in one batch (one GPU each under a launcher), then merged
+    trajectory_shards: int = 1
 
     def __post_init__(self) -> None:
+        check(self.trajectory_shards >= 1, f"suite.trajectory_shards must be >= 1, got {self.trajectory_shards}")
         check(len(self.thresholds) >= 1 and all(t > 0 for t in self.thresholds),
               f"suite.thresholds must be positive entropy thresholds, got {self.thresholds}")
         bad = {task: v for task, v in self.y_max.items() if not 0 < v <= 100}

@@ -91,12 +91,14 @@ class Estimate:
 
 def teacher_shape(teacher_path: str, model_name: str, lora_r: int, targets: tuple[str, ...]) -> Shape:
     """The Shape of a distillation teacher without its weights: from its config.json when `teacher_path` is a local
-    checkpoint dir, else from the preset named like `model_name` (llada-8b-instruct -> llada_8b_instruct), whose
-    published architecture models/families/shapes.py holds (a Hub id need not be downloaded)."""
+    checkpoint dir, else, for a Hub id, from the preset named like `model_name` (llada-8b-instruct ->
+    llada_8b_instruct), whose published architecture models/families/shapes.py holds (no download). Any other
+    path is a mistake (a typo would otherwise be estimated as the preset)."""
     from pathlib import Path
 
     from d3llm_pipeline.errors import ConfigError
     from d3llm_pipeline.models.families import family_of
+    from d3llm_pipeline.models.families.checkpoint import looks_like_hub_id
     from d3llm_pipeline.models.families.native import meta_model
     from d3llm_pipeline.models.families.shapes import meta_model_of, preset_names
 
@@ -108,6 +110,11 @@ def teacher_shape(teacher_path: str, model_name: str, lora_r: int, targets: tupl
                               f"{'not one' if family is None else 'the tiny teacher (no estimate needed)'}")
         return shape_of(meta_model(family.build_config(json.loads(config_file.read_text())), "sdpa"), lora_r,
                         targets)
+    if not looks_like_hub_id(teacher_path):  # a local path (mistyped, or a dir without a checkpoint)
+        where = "holds no config.json" if Path(teacher_path).expanduser().exists() else "does not exist"
+        raise ConfigError(f"stage.teacher_path={teacher_path} (model.path) {where}; point model.path at the "
+                          "teacher's checkpoint dir, or at its Hub id (owner/name) to estimate from model.name's "
+                          "published shape without downloading it")
     preset = model_name.replace("-", "_")
     if preset not in preset_names():
         raise ConfigError(f"stage.dry_run needs the teacher's shape: stage.teacher_path={teacher_path} has no "

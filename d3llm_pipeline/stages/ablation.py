@@ -60,8 +60,11 @@ from d3llm_pipeline.stages.steps import (
     check_step,
     report_logging,
     run_steps,
+    run_trajectories,
     student_overrides,
     teacher_step,
+    trajectory_jobs,
+    trajectory_step_count,
     user_overrides,
 )
 
@@ -112,7 +115,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     on_task = [f"task={eval_task}"] if eval_task else []
     # the training steps: (dir, name, overrides, base); one teacher and one trajectory set (seeds are training
     # seeds), then per seed the default student (make demo's; decode variants read it) and each distill variant's
-    training = [(out_dir, "trajectory", ["stage=trajectory", *train], None)]
+    trajectories = trajectory_jobs(cfg, out_dir, train)  # one job, or suite.trajectory_shards shards + a merge
+    training = [trajectories[0]]
     evals = []
     student = student_overrides(cfg)  # the variant's own student (its paths.student_dir), in the family's format
     for seed in stage.seeds:
@@ -132,11 +136,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     teacher = [(out_dir, "teacher", ["stage=teacher"], None)] if tiny else []  # (a real family's: used as it is)
     for directory, name, overrides, base in teacher + training + evals[:1]:
         check_step(cfg, directory, name, *overrides, base=base)  # every dir they write: new or ours, up front
-    progress = StepProgress("ablation", 1 + len(training) + len(evals))
-    progress.plan(["teacher", "trajectory"] + ["distill"] * (len(training) - 1) + ["eval"] * len(evals))
+    n_trajectory = trajectory_step_count(trajectories)
+    progress = StepProgress("ablation", 1 + n_trajectory + len(training) - 1 + len(evals))
+    progress.plan(["teacher"] + ["trajectory"] * len(trajectories) + ["trajectory_merge"] * (
+        n_trajectory - len(trajectories)) + ["distill"] * (len(training) - 1) + ["eval"] * len(evals))
     teacher_step(cfg, out_dir, progress)
     # the trajectories, then every student (one batch: in parallel under a launcher), then every eval (one batch)
-    run_steps(cfg, training[:1], "trajectory", progress, out_dir)
+    run_trajectories(cfg, trajectories, progress, out_dir)
     run_steps(cfg, training[1:], "distill", progress, out_dir)
     run_steps(cfg, evals, "eval", progress, out_dir, reuse_eval=stage.reuse_evals)
     return tabulate(cfg, stage, out_dir, suite.y_max or None)

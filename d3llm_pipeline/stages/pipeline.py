@@ -32,8 +32,11 @@ from d3llm_pipeline.stages.steps import (
     check_step,
     report_logging,
     run_steps,
+    run_trajectories,
     student_overrides,
     teacher_step,
+    trajectory_jobs,
+    trajectory_step_count,
 )
 
 log = logging.getLogger(__name__)
@@ -67,19 +70,22 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     tiny = cfg.model.family == EMBEDDED_FAMILY
     train = [f"task={suite.train_task}"] if suite.train_task else []  # the trajectory and distill steps' task
     sweeps = sweep_plan(cfg, stage, suite, out_dir)
-    training = [(out_dir, step, [f"stage={step}", *train]) for step in ("trajectory", "distill")]
+    trajectories = trajectory_jobs(cfg, out_dir, train)  # one job, or suite.trajectory_shards shards + a merge
+    distill = (out_dir, "distill", ["stage=distill", *train], None)
     # before any work: every dir the training steps write is new or ours, and one eval job per task composes
-    teacher = [(out_dir, "teacher", ["stage=teacher"])] if tiny else []  # (a real family's: used as it is)
+    teacher = [(out_dir, "teacher", ["stage=teacher"], None)] if tiny else []  # (a real family's: used as it is)
     first_per_task: dict[Path, tuple] = {}
     for job in sweeps:
-        first_per_task.setdefault(job[0].parent, job)
-    for directory, name, overrides in teacher + training + list(first_per_task.values()):
-        check_step(cfg, directory, name, *overrides)
-    progress = StepProgress("pipeline", 1 + len(training) + len(sweeps))
-    progress.plan(["teacher", "trajectory", "distill"] + ["eval"] * len(sweeps))
+        first_per_task.setdefault(job[0].parent, (*job, None))
+    for directory, name, overrides, base in teacher + trajectories[:1] + [distill, *first_per_task.values()]:
+        check_step(cfg, directory, name, *overrides, base=base)
+    n_trajectory = trajectory_step_count(trajectories)
+    progress = StepProgress("pipeline", 2 + n_trajectory + len(sweeps))
+    progress.plan(["teacher"] + ["trajectory"] * len(trajectories) + ["trajectory_merge"] * (n_trajectory - len(
+        trajectories)) + ["distill"] + ["eval"] * len(sweeps))
     teacher_step(cfg, out_dir, progress)
-    for directory, name, overrides in training:
-        run_steps(cfg, [(directory, name, overrides, None)], name, progress, out_dir)
+    run_trajectories(cfg, trajectories, progress, out_dir)
+    run_steps(cfg, [distill], "distill", progress, out_dir)
     run_steps(cfg, [(directory, name, overrides, None) for directory, name, overrides in sweeps], "eval", progress,
               out_dir)  # one batch: in parallel under a launcher
     runs, failed = collect_runs([out_dir / "sweeps"])

@@ -171,6 +171,35 @@ def run_steps(cfg: DictConfig, steps: list[Step], kind: str, progress: StepProgr
             launch_steps(jobs, root, launcher_extra)
 
 
+def trajectory_jobs(cfg: DictConfig, out_dir: Path, train: list[str]) -> list[Step]:
+    """The trajectory step of stage=pipeline / stage=ablation: one job into <run>/trajectory, or
+    suite.trajectory_shards contiguous shards of the prompt set (stage.num_shards / stage.shard) into
+    <run>/trajectory/shard_<i>, run as one batch (in parallel under a launcher, one GPU each)."""
+    shards = int(cfg.suite.trajectory_shards)
+    if shards == 1:
+        return [(out_dir, "trajectory", ["stage=trajectory", *train], None)]
+    return [(out_dir / "trajectory", f"shard_{i}", ["stage=trajectory", *train, f"stage.num_shards={shards}",
+                                                   f"stage.shard={i}"], None) for i in range(shards)]
+
+
+def trajectory_step_count(jobs: list[Step]) -> int:
+    """Steps the trajectory jobs count for in the progress: each shard, plus their merge."""
+    return len(jobs) + (len(jobs) > 1)
+
+
+def run_trajectories(cfg: DictConfig, jobs: list[Step], progress: StepProgress, root: Path) -> None:
+    """The trajectory jobs (trajectory_jobs) as one batch; shards are then merged in this process
+    (stage=trajectory_merge on the shards' own stage.out_dir), as distillation reads the merged set."""
+    run_steps(cfg, jobs, "trajectory", progress, root)
+    if len(jobs) > 1:
+        directory, name, overrides, base = jobs[0]
+        shard = compose_step(cfg, directory, name, *overrides, base=base)
+        task = [o for o in overrides if o.startswith("task=")]
+        with progress.step("trajectory_merge", "trajectory_merge"):
+            run_step(cfg, root, "trajectory_merge", "stage=trajectory_merge", *task,
+                     f"stage.out_dir={shard.stage.out_dir}", base=base)
+
+
 def student_overrides(cfg: DictConfig) -> list[str]:
     """The overrides that make a step decode the merged student of the run's family instead of the teacher.
 

@@ -111,6 +111,7 @@ class ArithTask(Task):
     n_train: int = 50000
     n_val: int = 200
     n_test: int = 1000  # held-out chains never occur in train
+    allow_code_execution: bool = False  # runs no code: accepted so a command line can opt in for code benchmarks
 
     EVALUATION: ClassVar[str] = "in_house"
     GRADED_SPLITS: ClassVar[bool] = True

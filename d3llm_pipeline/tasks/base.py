@@ -61,10 +61,16 @@ class Task:
     EVALUATION: ClassVar[str | None] = None  # stage=eval's engine: "in_house" (evaluation.py) | "lm_eval"
     GRADED_SPLITS: ClassVar[bool] = False  # problems(split) gives graded train / validation / test splits
 
+    # Whether the kind may run the model's code. Every kind accepts task.allow_code_execution, so one command line
+    # can opt in for a suite's code benchmarks (stage=pipeline passes it to every step); where no code runs, it is
+    # left out of identity() (a permission, not a setting: artifacts stay reusable either way).
+    RUNS_CODE: ClassVar[bool] = False
+
     def identity(self) -> dict[str, Any]:
         """The section as it enters artifact fingerprints (`kind` left out: it is implied by the other fields, and
         artifacts fingerprinted before it existed stay reusable)."""
-        return {k: v for k, v in asdict(self).items() if k != "kind"}
+        skip = {"kind"} if self.RUNS_CODE else {"kind", "allow_code_execution"}
+        return {k: v for k, v in asdict(self).items() if k not in skip}
 
     def check_fits(self, limit: int | None) -> None:
         """Raise a ConfigError when prompt + generation exceed the model's `limit` positions (None: no limit)."""

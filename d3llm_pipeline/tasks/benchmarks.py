@@ -210,6 +210,7 @@ class BenchmarkTask(Task):
 
     STAGES: ClassVar[frozenset[str]] = frozenset({"eval", "report"})  # scored by lm-eval; nothing trains on it
     EVALUATION: ClassVar[str] = "lm_eval"
+    RUNS_CODE: ClassVar[bool] = True  # HumanEval / MBPP grading (allow_code_execution stays in the identity)
 
     def __post_init__(self) -> None:
         check(self.kind == "benchmarks", f"task.kind must be benchmarks here, got {self.kind!r}")

@@ -127,8 +127,10 @@ class PromptSetTask(Task):
     prompt_length: int = 256  # prompts are left-padded (or cut from the left) to this many tokens
     gen_length: int = 256
     families: dict[str, dict[str, bool]] = field(default_factory=dict)
+    allow_code_execution: bool = False  # runs no code: accepted so a command line can opt in for code benchmarks
 
-    STAGES: ClassVar[frozenset[str]] = frozenset({"trajectory", "distill", "report"})  # labelled, then distilled on
+    # labelled (in shards, then merged), then distilled on
+    STAGES: ClassVar[frozenset[str]] = frozenset({"trajectory", "trajectory_merge", "distill", "report"})
 
     def __post_init__(self) -> None:
         check(self.kind == "prompt_sets", f"task.kind must be prompt_sets here, got {self.kind!r}")

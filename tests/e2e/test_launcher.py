@@ -1,7 +1,7 @@
 """stage=pipeline through a Hydra launcher, for real: `hydra/launcher=submitit_local` runs each step as a submitit
 job (a subprocess, as a Slurm job would be), on the LLaDA fixture with the d3LLM recipe (paper_fixture.py). The
 distillation job is killed (SIGKILL, as a lost node) once it has written a checkpoint; the pipeline stops with one
-`error:` line, and rerunning the same command reuses the trajectories, resumes the distillation from that checkpoint
+`error:` line, and rerunning the same command reuses the trajectories (two shards, labelled at once, then merged), resumes the distillation from that checkpoint
 and finishes the sweeps and the report. ~60 s on 2 cores (each job starts its own interpreter).
 """
 
@@ -75,6 +75,7 @@ def test_a_pipeline_through_submitit_resumes_a_killed_distillation(tmp_path):
         f"task.data_files={prompts}", f"stage.epochs={EPOCHS}", "stage.batch_size=2", "stage.checkpoint_every=5",
         "distill.lora.r=4", "distill.lora.alpha=4", "distill.only_correct=false", "task.prompt_length=48",
         "task.gen_length=32"))
+    overrides.append("suite.trajectory_shards=2")  # two trajectory jobs at once, merged before distillation
     run = tmp_path / "run"
     command = [sys.executable, "-m", "d3llm_pipeline", "stage=pipeline", *overrides, "hydra/launcher=submitit_local",
                f"hydra.run.dir={run}"]
@@ -92,7 +93,10 @@ def test_a_pipeline_through_submitit_resumes_a_killed_distillation(tmp_path):
                 pipeline.kill()
     lines = (tmp_path / "first.err").read_text().strip().splitlines()
     assert lines[-1].startswith("error:") and "did not all finish" in lines[-1] and "rerun the same command" in lines[-1]
-    assert (run / "trajectory" / "metrics.json").is_file()  # the trajectory job finished before
+    shards = [json.loads((run / "trajectory" / f"shard_{i}" / "metrics.json").read_text()) for i in (0, 1)]
+    assert [s["labelled_now"] for s in shards] == [2, 2]  # the 4 prompts in two halves, before the distillation
+    merged = json.loads((run / "trajectory_merge" / "metrics.json").read_text())
+    assert merged["rows"] == 4, merged
     assert not (student / "merged").exists()
     killed_at = torch.load(ckpt, weights_only=False)["global_step"]
     assert 5 <= killed_at < EPOCHS * STEPS_PER_EPOCH
@@ -104,8 +108,8 @@ def test_a_pipeline_through_submitit_resumes_a_killed_distillation(tmp_path):
     assert (run / "distill" / ".hydra" / "overrides.yaml").is_file()  # run as a Hydra job in its step dir
     report = json.loads((run / "aup.json").read_text())
     assert {c["model"] for c in report["curves"]} == {"llada-8b-instruct", "llada-8b-instruct-student"}
-    trajectory = json.loads((run / "trajectory" / "metrics.json").read_text())
-    assert trajectory["labelled_now"] == 0  # the finished trajectories were not labelled again
+    for i in (0, 1):  # the finished trajectories were not labelled again
+        assert json.loads((run / "trajectory" / f"shard_{i}" / "metrics.json").read_text())["labelled_now"] == 0
 
 
 @pytest.mark.slow

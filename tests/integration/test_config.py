@@ -294,3 +294,18 @@ def test_step_defaults_accept_hydra_deletions():
     from d3llm_pipeline.config.validate import validate_config
 
     validate_config(compose_cfg("stage=pipeline", "+step_defaults.eval=['~stage.limit']"))  # no "=", still valid
+
+
+def test_the_code_execution_opt_in_is_accepted_by_every_task_kind(tmp_path):
+    """One command line opts in for a suite's code benchmarks: every kind takes task.allow_code_execution, a mixed
+    sweep validates, and where no code runs it is not part of the task's identity (artifacts stay reusable)."""
+    from d3llm_pipeline.config.preflight import check_command_line
+    from d3llm_pipeline.config.schema import load_task
+
+    for task in ("arith", "arith_long", "dparallel_prompts", "humaneval"):
+        allowed = load_task(compose_cfg(f"task={task}", "task.allow_code_execution=true").task)
+        plain = load_task(compose_cfg(f"task={task}").task)
+        assert allowed.allow_code_execution is True
+        assert (allowed.identity() == plain.identity()) is (task != "humaneval")
+    check_command_line(["-m", "stage=eval", "task=arith,humaneval", "task.allow_code_execution=true",
+                        f"paths.root_dir={tmp_path}"], CONF)

@@ -119,8 +119,14 @@ def test_distill_dry_run_reads_a_local_teacher_config(tmp_path):
     assert summary["parameters"] == sum(p.numel() for p in lm.model.parameters())  # its config.json's shape
     assert summary["inputs"]["strategy"] == "gpu" and summary["inputs"]["devices"] == 1
     with pytest.raises(ConfigError, match="model.name=tiny-teacher is not a preset"):
-        call_stage(compose_at(tmp_path, "stage=distill", f"model.path={tmp_path / 'none'}", "stage.dry_run=true",
+        call_stage(compose_at(tmp_path, "stage=distill", "model.path=someone/tiny", "stage.dry_run=true",
                               f"+output_dir={tmp_path / 'job2'}"))
+    # a mistyped local path is an error, not the preset's published shape
+    for path, where in ((tmp_path / "lada-8b", "does not exist"), (tmp_path, "holds no config.json")):
+        with pytest.raises(ConfigError, match=f"stage.teacher_path={path} \\(model.path\\) {where}"):
+            call_stage(compose_at(tmp_path, "stage=distill", "model=llada_8b_instruct", f"model.path={path}",
+                                  "distill=llada", "task=dparallel_prompts", "stage.dry_run=true",
+                                  f"+output_dir={tmp_path / 'job3'}"))
 
 
 @pytest.mark.parametrize("preset", ["llada_8b_instruct", "dream_7b_instruct"])

@@ -33,6 +33,11 @@ DISTILL_CMD = "python -m d3llm_pipeline stage=distill"
 TRAJECTORY_CMD = "python -m d3llm_pipeline stage=trajectory"
 
 
+def looks_like_hub_id(text: str | Path) -> bool:
+    """`owner/name` that is not a local path: what resolve_model_path treats as a Hub id."""
+    return not Path(text).expanduser().exists() and bool(_HUB_ID.fullmatch(str(text)))
+
+
 def hub_offline() -> bool:
     from huggingface_hub import constants
 
@@ -45,7 +50,7 @@ def resolve_model_path(path: str | Path, key: str) -> Path:
     downloaded when the Hub is online). Other missing paths come back unchanged for the checks to report."""
     local = Path(path).expanduser()
     text = str(path)
-    if local.exists() or not _HUB_ID.fullmatch(text):
+    if not looks_like_hub_id(text):
         return local
     from huggingface_hub import snapshot_download
 
