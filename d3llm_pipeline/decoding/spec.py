@@ -65,8 +65,9 @@ class DecodeSpec:
     kv_cache: bool = False  # rule "d3llm": prefix KV cache with delayed caching and refresh (method.md §5.3)
     cache_delay_iter: int = 2  # d: a completed block joins the cache this many iterations after completing
     refresh_interval: int | None = None  # R: a full forward refreshes the cache every R iterations; None = never
-    # CACHE_PLANS: "ours" (see prefix_cache.plan_forward) | "reference": the family's official decoder's plan
-    cache_plan: str = "ours"
+    # CACHE_PLANS: "reference" (the family's official decoder's plan: fewer positions per forward, the official
+    # token ids; benchmarks/kv_cache.py) | "ours" (prefix_cache.plan_forward: R=1 is uncached decoding)
+    cache_plan: str = "reference"
     entropy_dtype: str = "float32"  # ENTROPY_DTYPES
     # torch.compile the model's forward (dynamic shapes) for decoding: same tokens, first decode pays the compile
     compile: bool = False

@@ -243,7 +243,8 @@ def test_ablation_experiments_compose_for_eval_and_distill(variant, stage):
         "no_window_curriculum": (distill.curriculum.window, distill.curriculum.fixed_window) == ("off", 16),
         "dparallel": distill.name == "dparallel",
         "single_block": (dec.rule, dec.early_stop) == ("threshold", True),
-        "kv_cache": (dec.rule, dec.kv_cache, dec.cache_delay_iter, dec.refresh_interval) == ("d3llm", True, 2, None),
+        "kv_cache": (dec.rule, dec.kv_cache, dec.cache_delay_iter, dec.refresh_interval, dec.cache_plan) == (
+            "d3llm", True, 1, None, "reference"),
         "no_early_stop": (dec.rule, dec.early_stop) == ("d3llm", False),
     }
     assert expected[variant]

@@ -17,7 +17,7 @@ LLADA = {"threshold": 0.5, "block_add_threshold": 0.1, "decoded_token_threshold"
 DREAM = {"threshold": 0.4, "block_add_threshold": 0.1, "decoded_token_threshold": 0.95, "early_stop": False,
          "cache_delay_iter": 1, "refresh_interval": None, "temperature": 0.0}
 EMBEDDED = {"threshold": 0.5, "block_add_threshold": 0.1, "decoded_token_threshold": 0.95, "early_stop": True,
-            "cache_delay_iter": 2, "refresh_interval": None, "temperature": 0.0}
+            "cache_delay_iter": 1, "refresh_interval": None, "temperature": 0.0}  # d 1: benchmarks/kv_cache.py
 
 
 def decode_of(tmp_path, *overrides: str) -> DecodeConfig:

@@ -9,7 +9,8 @@ in float32 and decode with the settings each case type needs:
 * single-block threshold and vanilla: the defaults (the family's H <= τ / H < τ comes with the model);
 * multi-block without cache: the defaults (the family's acceptance rule), entropies in float64 as the official
   code computes them (float32 matched every case here too, but two candidates can differ by less than it resolves);
-* multi-block with the cache: also `cache_plan="reference"` (the family's official forward plan; ours differs).
+* multi-block with the cache: the defaults too (`cache_plan` defaults to "reference", the family's official
+  forward plan; `cache_plan="ours"` differs, docs/decoding.md).
 
 Every case at batch 1, and the 3 prompts of each (method, params) decoded together in one batch.
 """
@@ -55,8 +56,7 @@ def spec_for(ref: dict, case: dict) -> DecodeSpec:
                       block_add_threshold=params["block_add_threshold"],
                       decoded_token_threshold=params["decoded_token_threshold"], entropy_dtype="float64",
                       kv_cache=cached, cache_delay_iter=params.get("cache_delay_iter", 2),
-                      refresh_interval=None if refresh >= NEVER else refresh,
-                      cache_plan="reference" if cached else "ours", **base)
+                      refresh_interval=None if refresh >= NEVER else refresh, **base)
 
 
 def all_cases() -> list:

@@ -141,20 +141,25 @@ def test_fresh_cache_reproduces_the_full_forward(gpt2_lm, shift):
 @pytest.mark.parametrize("early_stop", [True, False])
 def test_refresh_every_iteration_equals_the_uncached_decoder(gpt2_lm, prompts, threshold, early_stop):
     plain = decode(gpt2_lm, prompts, spec(threshold=threshold, early_stop=early_stop))
+    # our plan: a due refresh outranks appending, so R=1 makes every forward full (the official plan's appends
+    # outrank its refresh: D1 in docs/decoding.md)
     cached = decode(gpt2_lm, prompts, spec(threshold=threshold, early_stop=early_stop, kv_cache=True,
-                                           cache_delay_iter=0, refresh_interval=1))
+                                           cache_delay_iter=0, refresh_interval=1, cache_plan="ours"))
     assert_same(plain, cached)
     assert torch.equal(plain.forwarded, cached.forwarded)  # every forward was a full one
 
 
 @pytest.mark.parametrize("delay,refresh", [(0, None), (1, None), (2, 3), (2, None)])
-@pytest.mark.parametrize("shift", [False, True])
-def test_cache_is_exact_on_a_causal_model_and_forwards_less(causal_lm, prompts, delay, refresh, shift):
+@pytest.mark.parametrize("shift,plan", [(False, "reference"), (False, "ours"), (True, "ours")])
+def test_cache_is_exact_on_a_causal_model_and_forwards_less(causal_lm, prompts, delay, refresh, shift, plan):
+    """On a causal model cached keys equal recomputed ones, so a plan that attends to the right positions decodes
+    exactly as without the cache. With shifted logits (Dream) only ours: the official Dream plan gives the first
+    forwarded position its own output, not the one before it (D3 in docs/decoding.md), as the official code does."""
     lm = HFDiffusionAdapter(causal_lm.model, MASK, EOS, PAD, shift_logits=shift)
     base = spec(threshold=2.0, early_stop=False)
     plain = decode(lm, prompts, base)
     cached = decode(lm, prompts, DecodeSpec(**{**base.__dict__, "kv_cache": True, "cache_delay_iter": delay,
-                                              "refresh_interval": refresh}))
+                                              "refresh_interval": refresh, "cache_plan": plan}))
     assert_same(plain, cached)
     assert (cached.forwarded <= plain.forwarded).all()
     assert cached.forwarded.sum() < plain.forwarded.sum()
