@@ -45,7 +45,6 @@ def collect_runs(dirs: list[str | Path]) -> tuple[list[dict[str, Any]], list[str
             found, bad = lmeval_runs(results)
             runs.extend(found)
             failed.extend(bad)
-            jobs.discard(results.parent)
         for job in sorted(jobs):
             metrics = job / "metrics.json"
             if not metrics.is_file():

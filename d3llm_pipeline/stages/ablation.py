@@ -64,7 +64,7 @@ from d3llm_pipeline.stages.steps import (
     student_overrides,
     teacher_step,
     trajectory_jobs,
-    trajectory_step_count,
+    trajectory_kinds,
     user_overrides,
 )
 
@@ -136,10 +136,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     teacher = [(out_dir, "teacher", ["stage=teacher"], None)] if tiny else []  # (a real family's: used as it is)
     for directory, name, overrides, base in teacher + training + evals[:1]:
         check_step(cfg, directory, name, *overrides, base=base)  # every dir they write: new or ours, up front
-    n_trajectory = trajectory_step_count(trajectories)
-    progress = StepProgress("ablation", 1 + n_trajectory + len(training) - 1 + len(evals))
-    progress.plan(["teacher"] + ["trajectory"] * len(trajectories) + ["trajectory_merge"] * (
-        n_trajectory - len(trajectories)) + ["distill"] * (len(training) - 1) + ["eval"] * len(evals))
+    progress = StepProgress("ablation", ["teacher", *trajectory_kinds(trajectories),
+                                         *["distill"] * (len(training) - 1), *["eval"] * len(evals)])
     teacher_step(cfg, out_dir, progress)
     # the trajectories, then every student (one batch: in parallel under a launcher), then every eval (one batch)
     run_trajectories(cfg, trajectories, progress, out_dir)

@@ -36,7 +36,7 @@ from d3llm_pipeline.stages.steps import (
     student_overrides,
     teacher_step,
     trajectory_jobs,
-    trajectory_step_count,
+    trajectory_kinds,
 )
 
 log = logging.getLogger(__name__)
@@ -79,10 +79,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         first_per_task.setdefault(job[0].parent, (*job, None))
     for directory, name, overrides, base in teacher + trajectories[:1] + [distill, *first_per_task.values()]:
         check_step(cfg, directory, name, *overrides, base=base)
-    n_trajectory = trajectory_step_count(trajectories)
-    progress = StepProgress("pipeline", 2 + n_trajectory + len(sweeps))
-    progress.plan(["teacher"] + ["trajectory"] * len(trajectories) + ["trajectory_merge"] * (n_trajectory - len(
-        trajectories)) + ["distill"] + ["eval"] * len(sweeps))
+    progress = StepProgress("pipeline", ["teacher", *trajectory_kinds(trajectories), "distill",
+                                         *["eval"] * len(sweeps)])
     teacher_step(cfg, out_dir, progress)
     run_trajectories(cfg, trajectories, progress, out_dir)
     run_steps(cfg, [distill], "distill", progress, out_dir)

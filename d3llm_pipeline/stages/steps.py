@@ -182,9 +182,9 @@ def trajectory_jobs(cfg: DictConfig, out_dir: Path, train: list[str]) -> list[St
                                                    f"stage.shard={i}"], None) for i in range(shards)]
 
 
-def trajectory_step_count(jobs: list[Step]) -> int:
-    """Steps the trajectory jobs count for in the progress: each shard, plus their merge."""
-    return len(jobs) + (len(jobs) > 1)
+def trajectory_kinds(jobs: list[Step]) -> list[str]:
+    """The progress kinds of the trajectory jobs (run_trajectories): one per shard, then their merge."""
+    return ["trajectory"] * len(jobs) + ["trajectory_merge"] * (len(jobs) > 1)
 
 
 def run_trajectories(cfg: DictConfig, jobs: list[Step], progress: StepProgress, root: Path) -> None:
@@ -232,19 +232,16 @@ class StepProgress:
     """The overall progress of stage=pipeline / stage=ablation: each step logs its number, its time, the elapsed
     time and an estimate of what is left (the mean time of the steps of its kind so far, times those to come).
 
-        progress = StepProgress("pipeline", total=41)
+        progress = StepProgress("pipeline", ["teacher", "trajectory", "distill"] + ["eval"] * 38)
         with progress.step("sweeps/student_d3llm/3"):
             run_step(...)
     """
 
-    def __init__(self, stage: str, total: int) -> None:
-        self.stage, self.total, self.done = stage, total, 0
+    def __init__(self, stage: str, kinds: list[str]) -> None:
+        """kinds: the kind of every step to come, in order (the total, and a better estimate than one mean)."""
+        self.stage, self.total, self.done = stage, len(kinds), 0
         self.start = time.perf_counter()
         self.kinds: dict[str, list[float]] = {}  # step kind -> durations so far
-        self.remaining: dict[str, int] = {}
-
-    def plan(self, kinds: list[str]) -> None:
-        """The kinds of the steps to come, in order (a better estimate than one mean for all)."""
         self.remaining = {kind: kinds.count(kind) for kind in set(kinds)}
 
     @contextlib.contextmanager
