@@ -1,6 +1,7 @@
 """Run-time plumbing shared by all stages: thread choice, device, output dir, provenance (git SHA, versions).
 
     threads = configure_threads("auto")      # 2 on an idle 2-core machine, 1 when the other core is busy
+    threads_between(cpu_sample(), later_sample, cores)   # the same choice over a window, our own CPU time left out
     provenance(threads)                      # git SHA, library versions, machine load, threads (every metrics.json)
 """
 
@@ -11,7 +12,7 @@ import platform
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from d3llm_pipeline.errors import ConfigError
 
@@ -21,6 +22,47 @@ def _cpu_times(stat_text: str) -> tuple[int, int]:
     fields = [int(v) for v in stat_text.splitlines()[0].split()[1:]]
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
     return idle, sum(fields)
+
+
+class CpuSample(NamedTuple):
+    """Cumulative CPU counters (jiffies, the unit of /proc/stat and /proc/<pid>/stat alike) at one moment."""
+
+    idle: int  # all cores, idle + iowait
+    total: int  # all cores
+    own: int  # this process, user + system, all its threads
+
+
+def cpu_sample_from(stat_text: str, self_stat_text: str) -> CpuSample:
+    """A CpuSample from the text of /proc/stat and /proc/self/stat."""
+    # /proc/self/stat: "pid (comm) state ppid ..."; comm may hold spaces, so count fields after its ")": utime and
+    # stime (fields 14 and 15 of the line) are the 12th and 13th from there
+    after_comm = self_stat_text[self_stat_text.rindex(")") + 1 :].split()
+    return CpuSample(*_cpu_times(stat_text), own=int(after_comm[11]) + int(after_comm[12]))
+
+
+def cpu_sample() -> CpuSample | None:
+    """The counters now (no sleeping: two samples taken apart in time make a measurement), or None without /proc."""
+    try:
+        with open("/proc/stat") as stat, open("/proc/self/stat") as self_stat:
+            return cpu_sample_from(stat.read(), self_stat.read())
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _threads_for(cores: int, other_busy: float) -> int:
+    return max(1, min(cores, round(cores - other_busy)))
+
+
+def threads_between(before: CpuSample, after: CpuSample, cores: int) -> int | None:
+    """Threads for the cores other work left free between two samples: cores minus the cores kept busy by anything
+    but this process (our own threads, spinning or not, are not "other work"), rounded, at least 1. None when
+    no time passed between them."""
+    total = after.total - before.total
+    if total <= 0:
+        return None
+    busy = total - (after.idle - before.idle)
+    other = max(0, busy - (after.own - before.own))
+    return _threads_for(cores, other / total * cores)
 
 
 def busy_cores(interval: float = 0.3) -> float:
@@ -46,11 +88,12 @@ def configure_threads(setting: int | str) -> int:
 
     'auto' = cores minus the cores other work keeps busy right now (rounded), at least 1. Measured on a 2-core
     box: 2 threads beat 1 when idle (0.125 vs 0.24 s per teacher step), but when another job holds the other
-    core the OpenMP threads spin on it and a step gets many times slower, so we never oversubscribe.
+    core the OpenMP threads spin on it and a step gets many times slower, so we never oversubscribe. A training run
+    re-decides as it goes (training/threads.py: threads_between over each minute).
     """
     cores = os.cpu_count() or 1
     if setting == "auto":
-        threads = max(1, min(cores, round(cores - busy_cores())))
+        threads = _threads_for(cores, busy_cores())
     else:
         try:
             threads = int(setting)

@@ -244,6 +244,8 @@ ABLATION_VARIANTS: dict[str, tuple[str, str]] = {
     "random_masking": ("distill", "random masks instead of the teacher's unmask order"),
     "no_mask_ratio_curriculum": ("distill", "mask ratio r ~ U(0, 0.8) all run long (no progressive noise)"),
     "no_window_curriculum": ("distill", "one fixed window of a decode block (no window curriculum)"),
+    "no_complementary_loss": ("distill", "no complementary-mask pass: (CE + 2 H) / 4"),
+    "no_entropy_loss": ("distill", "no entropy term: (CE + CE') / 4"),
     "dparallel": ("distill", "dParallel recipe: random masks at r = 0.5, no curricula, no /4"),
     "single_block": ("decode", "single-block threshold decoding (decode=threshold)"),
     "kv_cache": ("decode", "prefix KV cache, delayed caching (decode.kv_cache=true)"),

@@ -35,15 +35,24 @@ def sft_noise(
     mask_token_id: int,
     generator: torch.Generator | None = None,
     t: torch.Tensor | None = None,
+    row_offset: int = 0,
+    total_rows: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mask each maskable position with probability t (per sample).
 
     ids (B, L) clean tokens; maskable (B, L) bool, True on the response region (never on the prompt);
     t (B,) noise levels (stratified if None). Returns noisy ids (B, L) and the masked positions (B, L) bool.
+    The draws are those of rows [row_offset, row_offset + B) of a batch of total_rows (default B): a data-parallel
+    rank draws what one process drawing the whole global batch gives its rows (noise independent of the devices).
     """
+    batch, length = ids.shape
+    total = batch if total_rows is None else total_rows
+    if not 0 <= row_offset <= total - batch:
+        raise ValueError(f"rows [{row_offset}, {row_offset + batch}) are not inside a batch of {total}")
+    rows = slice(row_offset, row_offset + batch)
     if t is None:
-        t = stratified_noise_levels(ids.shape[0], generator=generator, device=ids.device)
-    draws = torch.rand(ids.shape, generator=generator, device=ids.device)  # (B, L)
+        t = stratified_noise_levels(total, generator=generator, device=ids.device)[rows]
+    draws = torch.rand((total, length), generator=generator, device=ids.device)[rows]  # (B, L)
     masked = (draws < t[:, None]) & maskable
     noisy = torch.where(masked, torch.full_like(ids, mask_token_id), ids)
     return noisy, masked

@@ -43,6 +43,8 @@ PAPER = {
     "random_masking": "pseudo-trajectory masks: +18% TPF (README), +15% (blog)",
     "no_mask_ratio_curriculum": "progressive noise: +12% TPF (README), +18% (blog)",
     "no_window_curriculum": "progressive window 16->32: +8% TPF",
+    "no_complementary_loss": "not reported",
+    "no_entropy_loss": "not reported",
     "single_block": "multi-block decoding: +30% TPF (README), +20% (blog)",
     "kv_cache": "KV cache + refresh: +35% TPS (README), +20% (blog), long contexts",
     "no_early_stop": "early stop on EOS: +5% TPF",

@@ -58,6 +58,7 @@ from d3llm_pipeline.training.strategies import (
     is_fsdp,
     load_trained_weights,
 )
+from d3llm_pipeline.training.threads import thread_watch
 from d3llm_pipeline.trajectories.store import dataset_fingerprint
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,7 @@ def _distill(cfg: DictConfig, stage: DistillStageConfig, distill: DistillConfig,
         ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=stage.checkpoint_every, save_last=True, save_top_k=0),
     ]
     gather = GatherTrainedState() if is_fsdp(strategy) else None  # sharded weights: gathered to export them
-    callbacks += ([gather] if gather else []) + progress_bar(cfg)
+    callbacks += ([gather] if gather else []) + progress_bar(cfg) + thread_watch(cfg.get("threads", "auto"))
     trainer = L.Trainer(**trainer_kwargs(cfg, model=student), max_steps=max_steps, max_epochs=-1,
                         logger=make_lightning_logger(cfg, "distill"), callbacks=callbacks, num_sanity_val_steps=0,
                         limit_val_batches=0, gradient_clip_val=stage.grad_clip, default_root_dir=output_dir_of(cfg))

@@ -8,7 +8,9 @@ stages load; in a multirun each job writes `<artifacts>/teachers/<its overrides>
 what shaped it (`artifact.json`: model, task, recipe, seed, trainer). A finished teacher is reused only when
 those settings match (a mismatch stops with the keys that differ; stage.overwrite=true retrains); an
 interrupted run resumes from its last Lightning checkpoint, kept beside the product in `<out_dir>.lightning/`
-until training completes, after the same check.
+until training completes, after the same check, and ends with the weights the uninterrupted run would have: each
+step's batch and random draws are functions of (seed, step) (training/data.py, training/teacher_module.py), which
+is also why the validation cadence (stage.val_every) does not change the weights.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from d3llm_pipeline.training.fit import (
 from d3llm_pipeline.training.loggers import make_lightning_logger
 from d3llm_pipeline.training.relaunch import isolated_sweep_job
 from d3llm_pipeline.training.teacher_module import DiffusionSFTModule
+from d3llm_pipeline.training.threads import thread_watch
 
 log = logging.getLogger(__name__)
 
@@ -109,15 +112,17 @@ def _train(cfg: DictConfig, stage: TeacherStageConfig, task: Task, model_cfg: Mo
     lm = build_tiny_teacher(tokenizer, max_positions=task.prompt_length + task.gen_length, n_embd=arch.n_embd,
                             n_layer=arch.n_layer, n_head=arch.n_head, dropout=arch.dropout, seed=int(cfg.seed),
                             init_std=arch.init_std, embed_init_std=arch.embed_init_std)
-    data = TaskDataModule(task, tokenizer, stage.batch_size, int(cfg.seed), stage.val_problems)
+    data = TaskDataModule(task, tokenizer, stage.batch_size, int(cfg.seed), stage.val_problems, stage.max_steps)
     evaluator = validation_evaluator(tokenizer, task, stage.val_problems, val_decode)
     module = DiffusionSFTModule(lm, lr=stage.lr, weight_decay=stage.weight_decay, warmup_steps=stage.warmup_steps,
-                                max_steps=stage.max_steps, min_lr_ratio=stage.min_lr_ratio, evaluator=evaluator)
+                                max_steps=stage.max_steps, min_lr_ratio=stage.min_lr_ratio, seed=int(cfg.seed),
+                                evaluator=evaluator)
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=stage.checkpoint_every, save_last=True,
                                  save_top_k=0)
     trainer = L.Trainer(
         **trainer_kwargs(cfg), max_steps=stage.max_steps, max_epochs=-1, logger=make_lightning_logger(cfg, "teacher"),
-        callbacks=[checkpoint, *progress_bar(cfg)], val_check_interval=stage.val_every, check_val_every_n_epoch=None,
+        callbacks=[checkpoint, *progress_bar(cfg), *thread_watch(cfg.get("threads", "auto"))],
+        val_check_interval=stage.val_every, check_val_every_n_epoch=None,
         num_sanity_val_steps=0, gradient_clip_val=stage.grad_clip, default_root_dir=str(out_dir),
     )
     resume_from = ckpt_dir / "last.ckpt"

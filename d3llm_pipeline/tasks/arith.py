@@ -17,16 +17,14 @@ tokenizer. `ArithTask` is both the `task` config section's schema and the task t
 
 from __future__ import annotations
 
-import functools
 import random
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
 
 from d3llm_pipeline.errors import check
-from d3llm_pipeline.tasks.base import Graded, LabelSet, Task
+from d3llm_pipeline.tasks.base import Graded
 from d3llm_pipeline.tasks.encoding import EOS, MASK, PAD, SEP, decode_response, encode  # noqa: F401  (re-exported)
+from d3llm_pipeline.tasks.synthetic import Problem, SyntheticTask, make_splits  # noqa: F401  (re-exported)
 
 NAMES = ("sue", "tom", "ann", "bob", "kim", "joe", "eva", "max")
 ITEMS = ("pens", "apples", "cards", "coins", "books", "stamps")
@@ -39,17 +37,6 @@ DIGITS = tuple(str(d) for d in range(10))
 VOCAB: list[str] = [PAD, MASK, EOS, SEP, *NAMES, *ITEMS, *PLUS_VERBS, *MINUS_VERBS, *WORDS, *DIGITS]
 
 MAX_VALUE = 9  # the running total (and every amount) is a single digit token
-_MAX_STALL = 10_000  # consecutive rejected draws before a split is declared impossible
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One problem: ``prompt`` ends with `` [SEP]``; ``response`` carries no EOS."""
-
-    prompt: str
-    response: str
-    answer: int
-    answers: tuple[int, ...] = ()  # every sub-answer of an arith_long sample (empty: one problem, `answer`)
 
 
 def max_prompt_tokens(n_steps: int) -> int:
@@ -97,7 +84,7 @@ def generate_problem(rng: random.Random, min_steps: int = 3, max_steps: int = 5)
 
 
 @dataclass
-class ArithTask(Task):
+class ArithTask(SyntheticTask):
     """`task=arith`: the schema of its config section (every split is a pure function of these fields) and the
     task the stages call. Defaults are conf/task/arith.yaml's (the embedded default)."""
 
@@ -113,20 +100,10 @@ class ArithTask(Task):
     n_test: int = 1000  # held-out chains never occur in train
     allow_code_execution: bool = False  # runs no code: accepted so a command line can opt in for code benchmarks
 
-    EVALUATION: ClassVar[str] = "in_house"
-    GRADED_SPLITS: ClassVar[bool] = True
-
     def __post_init__(self) -> None:
         check(1 <= self.min_steps <= self.max_steps, "task.min_steps must be >= 1 and <= task.max_steps, "
               f"got {self.min_steps}..{self.max_steps}")
-        need = self.response_tokens() + 1  # the longest response plus at least one EOS
-        check(self.gen_length >= need, f"task.gen_length must be >= {need} for {self._shape()}, got {self.gen_length}")
-        need = self.prompt_tokens()
-        check(self.prompt_length >= need,
-              f"task.prompt_length must be >= {need} for {self._shape()}, got {self.prompt_length}")
-        for key in ("n_train", "n_val"):  # 0: a split not drawn (e.g. lm-eval's arith task needs no train split)
-            check(getattr(self, key) >= 0, f"task.{key} must be >= 0, got {getattr(self, key)}")
-        check(self.n_test >= 1, f"task.n_test must be >= 1, got {self.n_test}")
+        super().__post_init__()
 
     # --- what a subclass (arith_long) changes: how a sample is drawn, sized and graded
     def _shape(self) -> str:
@@ -143,10 +120,6 @@ class ArithTask(Task):
     def draw(self, rng: random.Random) -> Problem:
         return generate_problem(rng, self.min_steps, self.max_steps)
 
-    def predicted(self, text: str) -> str | None:
-        answer = extract_answer(text)
-        return None if answer is None else str(answer)
-
     def grade(self, text: str, problem: Problem) -> Graded:
         answer = extract_answer(text)
         return Graded(None if answer is None else str(answer), answer == problem.answer, chain_correct(text))
@@ -154,95 +127,8 @@ class ArithTask(Task):
     def answer_text(self, problem: Problem) -> str:
         return str(problem.answer)
 
-    # --- the Task interface
-    @functools.cached_property
-    def splits(self) -> dict[str, list[Problem]]:
-        """make_splits(self), drawn once per task object (50,000 train problems take a while)."""
-        return make_splits(self)
-
-    def problems(self, split: str) -> list[Problem]:
-        return self.splits[split]
-
-    def encode(self, problems: list[Problem], tokenizer) -> tuple[Any, Any]:
-        return encode(problems, tokenizer, self.prompt_length, self.gen_length)
-
-    def read(self, ids, tokenizer) -> str:
-        return decode_response(ids, tokenizer)
-
-    def label_set(self, split: str, n: int, tokenizer, pad_id: int, eos_id: int, family: str) -> LabelSet:
-        problems = self.problems(split)[:n]
-        prompts, references = self.encode(problems, tokenizer)
-
-        def grade(text: str, i: int) -> tuple[str | None, bool]:
-            graded = self.grade(text, problems[i])
-            return graded.predicted, graded.correct
-
-        return LabelSet(prompts, None, references, [self.answer_text(p) for p in problems],
-                        lambda ids: decode_response(ids, tokenizer), grade)
-
-
-def _draw_unique(rng: random.Random, n: int, task: ArithTask, reject: Callable[[Problem], bool],
-                 split: str) -> list[Problem]:
-    """Draw ``n`` problems, redrawing any that ``reject`` flags."""
-    out: list[Problem] = []
-    # Realistic rejection rates are a few percent, so a long run of consecutive
-    # rejections means the problem space is exhausted; stop instead of looping forever.
-    stalled = 0
-    while len(out) < n:
-        p = task.draw(rng)
-        if reject(p):
-            stalled += 1
-            if stalled >= _MAX_STALL:
-                raise ValueError(
-                    f"could not draw {n} distinct {split} problems with steps "
-                    f"{task.min_steps}..{task.max_steps}; the problem space is too small"
-                )
-        else:
-            out.append(p)
-            stalled = 0
-    return out
-
-
-def make_splits(task: ArithTask) -> dict[str, list[Problem]]:
-    """Deterministic train/validation/test splits from ``task.seed``.
-
-    Held-out splits are drawn first so that train can be filtered against them: no
-    train problem's response (its chain of thought) appears in validation or test, so
-    held-out accuracy measures generalisation rather than recall of a memorised chain.
-    """
-    # String seeds are hashed with SHA-512 by `random`, so the streams are stable across
-    # processes (unaffected by PYTHONHASHSEED) and independent of one another.
-    test_rng = random.Random(f"arith-{task.seed}-test")
-    val_rng = random.Random(f"arith-{task.seed}-validation")
-    train_rng = random.Random(f"arith-{task.seed}-train")
-
-    test_prompts: set[str] = set()
-    test_responses: set[str] = set()
-
-    def reject_test(p: Problem) -> bool:
-        if p.prompt in test_prompts:
-            return True
-        test_prompts.add(p.prompt)
-        test_responses.add(p.response)
-        return False
-
-    test = _draw_unique(test_rng, task.n_test, task, reject_test, "test")
-
-    val_prompts: set[str] = set()
-    val_responses: set[str] = set()
-
-    def reject_val(p: Problem) -> bool:
-        if p.response in test_responses or p.prompt in val_prompts:
-            return True
-        val_prompts.add(p.prompt)
-        val_responses.add(p.response)
-        return False
-
-    validation = _draw_unique(val_rng, task.n_val, task, reject_val, "validation")
-
-    held_out = test_responses | val_responses
-    train = _draw_unique(train_rng, task.n_train, task, lambda p: p.response in held_out, "train")
-    return {"train": train, "validation": validation, "test": test}
+    def held_out_key(self, problem: Problem) -> str:
+        return problem.response  # no held-out chain of thought occurs in train
 
 
 INT_PATTERN = _INT = re.compile(r"-?[0-9]+")

@@ -1,6 +1,13 @@
 """LightningDataModule over a task's graded splits (the embedded tasks): (prompt_ids, response_ids) tensor pairs.
 
-    dm = TaskDataModule(task, tokenizer, batch_size=32, seed=0, val_problems=200)    # task: tasks/base.py
+Training batches are *step-indexed* (training/step_indexed.py): the batch of micro-batch m (= optimiser step x
+trainer.accumulate_grad_batches + its place in the step) is a pure function of (seed, m), so a resumed run starts
+where it stopped instead of at its epoch's first batch. `batch_size` is per device, as it always was: with W devices
+a step takes W x batch_size rows, rank k the k-th share; each epoch is a fresh permutation, its leftover rows
+dropped. No loader draws from the global RNG (a DataLoader draws a base seed from its generator each time it is
+iterated), so validation cadence changes nothing training reads.
+
+    dm = TaskDataModule(task, tokenizer, batch_size=32, seed=0, val_problems=200, max_steps=4800)   # tasks/base.py
 """
 
 from __future__ import annotations
@@ -10,26 +17,35 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from d3llm_pipeline.tasks.base import Task
+from d3llm_pipeline.training.step_indexed import StepBatches, data_shard
 
 
 class TaskDataModule(L.LightningDataModule):
-    def __init__(self, task: Task, tokenizer, batch_size: int, seed: int, val_problems: int) -> None:
+    def __init__(self, task: Task, tokenizer, batch_size: int, seed: int, val_problems: int,
+                 max_steps: int) -> None:
         super().__init__()
         self.task = task
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.seed = seed
         self.n_val = val_problems
+        self.max_steps = max_steps
 
-    def _dataset(self, problems: list) -> TensorDataset:
-        prompts, responses = self.task.encode(problems, self.tokenizer)
-        return TensorDataset(prompts, responses)
+    def _generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed)  # the loader's base seed: never the global RNG's
 
     def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)  # reproducible data order
-        return DataLoader(self._dataset(self.task.problems("train")), batch_size=self.batch_size, shuffle=True,
-                          drop_last=True, generator=generator)
+        prompts, responses = self.task.encode(self.task.problems("train"), self.tokenizer)  # (N, P), (N, G)
+        rank, world = data_shard(self.trainer)
+        accumulate = self.trainer.accumulate_grad_batches if self.trainer else 1
+        start = self.trainer.global_step * accumulate if self.trainer else 0  # restored before loaders are built
+        per_device = "" if world == 1 else f" ({self.batch_size} per device x {world} devices)"
+        batches = StepBatches((prompts, responses), self.batch_size * world, self.seed, start,
+                              self.max_steps * accumulate, rank, world,
+                              too_few=f"training problems{per_device}; lower stage.batch_size or raise task.n_train")
+        return DataLoader(batches, batch_size=None, generator=self._generator())
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self._dataset(self.task.problems("validation")[: self.n_val]), batch_size=self.batch_size,
-                          shuffle=False)
+        prompts, responses = self.task.encode(self.task.problems("validation")[: self.n_val], self.tokenizer)
+        return DataLoader(TensorDataset(prompts, responses), batch_size=self.batch_size, shuffle=False,
+                          generator=self._generator())

@@ -1,8 +1,8 @@
 """Distillation data: trajectory rows as tensors, served as *step-indexed* batches for exact resumption.
 
-The batch of optimiser step s (on rank k of W) is a pure function of (seed, s): epoch e = s // steps_per_epoch
-picks a permutation seeded by (seed, e), and s's slice of it. A run resumed from a checkpoint at step s
-therefore sees exactly the batches an uninterrupted run would (Lightning would otherwise restart the epoch's
+The batch of optimiser step s (on rank k of W) is a pure function of (seed, s) (training/step_indexed.py): epoch
+e = s // steps_per_epoch picks a permutation seeded by (seed, e), and s's slice of it. A run resumed from a
+checkpoint at step s therefore sees exactly the batches an uninterrupted run would (Lightning would otherwise restart the epoch's
 DataLoader from its first batch).
 
 `batch_size` is the *global* batch: with W devices (DDP / FSDP) each rank takes its 1/W share of the step's rows
@@ -19,10 +19,11 @@ import logging
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 
 from d3llm_pipeline.errors import ConfigError, PipelineError, first_line
 from d3llm_pipeline.tasks.prompt_sets import prompt_attention
+from d3llm_pipeline.training.step_indexed import StepBatches
 from d3llm_pipeline.trajectories.store import load_trajectories, trajectories_fix
 
 log = logging.getLogger(__name__)
@@ -50,37 +51,6 @@ def load_distill_tensors(trajectory_dir: str, targets: str, only_correct: bool) 
         raise ConfigError(f"distill.targets={targets}: targets {tuple(tensors['targets'].shape)} do not match the "
                           f"trajectories {tuple(tensors['unmask_step'].shape)} (reference responses missing?)")
     return tensors
-
-
-class StepBatches(IterableDataset):
-    """Yields one rank's share of the batches of steps start_step, ..., max_steps - 1 (batch_size: global)."""
-
-    def __init__(self, tensors: dict[str, torch.Tensor], batch_size: int, seed: int, start_step: int,
-                 max_steps: int, rank: int = 0, world_size: int = 1) -> None:
-        self.tensors, self.batch_size, self.seed = tensors, batch_size, seed
-        self.start_step, self.max_steps, self.rank, self.world = start_step, max_steps, rank, world_size
-        if batch_size % world_size:
-            raise ConfigError(f"stage.batch_size={batch_size} (the global batch) must be a multiple of the "
-                              f"{world_size} devices (trainer.devices x trainer.num_nodes); set stage.batch_size="
-                              f"{max(world_size, batch_size // world_size * world_size)} or change trainer.devices")
-        self.per_rank = batch_size // world_size
-        n = len(tensors["targets"])
-        self.steps_per_epoch = n // batch_size
-        if self.steps_per_epoch < 1:
-            raise ConfigError(f"stage.batch_size={batch_size} exceeds the {n} training trajectories; lower "
-                              "stage.batch_size or label more prompts")
-
-    def batch_indices(self, step: int) -> torch.Tensor:
-        epoch, within = divmod(step, self.steps_per_epoch)
-        order = torch.randperm(len(self.tensors["targets"]),
-                               generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
-        lo = within * self.batch_size + self.rank * self.per_rank
-        return order[lo : lo + self.per_rank]
-
-    def __iter__(self):
-        for step in range(self.start_step, self.max_steps):
-            idx = self.batch_indices(step)
-            yield {key: value[idx] for key, value in self.tensors.items()}
 
 
 class DistillDataModule(L.LightningDataModule):

@@ -31,6 +31,7 @@ from d3llm_pipeline.objectives.distill_masking import (
     trajectory_masks,
 )
 from d3llm_pipeline.objectives.schedules import lr_multiplier, sample_mask_ratio
+from d3llm_pipeline.training.step_indexed import data_shard, step_generator
 from d3llm_pipeline.training.strategies import is_fsdp
 
 
@@ -51,15 +52,12 @@ class DistillModule(L.LightningModule):
         self.window = distill.curriculum.fixed_window
 
     def _generator(self) -> torch.Generator:
-        # Per-step seed, the same on every rank: the draws of step s never depend on what ran before it. (The
-        # factor 64 once made room for a rank term; kept so that one-device runs draw what they always drew.)
-        seed = (self.hparams.seed * 1_000_003 + self.global_step) * 64
-        return torch.Generator().manual_seed(seed)
+        # Per-step seed, the same on every rank: the draws of step s never depend on what ran before it.
+        return step_generator(self.hparams.seed, self.global_step)
 
     def data_shard(self) -> tuple[int, int]:
         """(rank, world size) of this process; (0, 1) outside a Trainer."""
-        trainer = self._trainer
-        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        return data_shard(self._trainer)
 
     def noisy_masks(self, batch: dict[str, torch.Tensor], generator: torch.Generator, rank: int = 0,
                     world: int = 1):

@@ -241,6 +241,8 @@ def test_ablation_experiments_compose_for_eval_and_distill(variant, stage):
         "no_mask_ratio_curriculum": (distill.curriculum.mask_ratio, distill.curriculum.r_min,
                                      distill.curriculum.r_max) == ("off", 0.0, 0.8),
         "no_window_curriculum": (distill.curriculum.window, distill.curriculum.fixed_window) == ("off", 16),
+        "no_complementary_loss": (distill.loss.complementary, distill.loss.entropy_weight) == (False, 2.0),
+        "no_entropy_loss": (distill.loss.complementary, distill.loss.entropy_weight) == (True, 0.0),
         "dparallel": distill.name == "dparallel",
         "single_block": (dec.rule, dec.early_stop) == ("threshold", True),
         "kv_cache": (dec.rule, dec.kv_cache, dec.cache_delay_iter, dec.refresh_interval, dec.cache_plan) == (
@@ -303,7 +305,7 @@ def test_the_code_execution_opt_in_is_accepted_by_every_task_kind(tmp_path):
     from d3llm_pipeline.config.preflight import check_command_line
     from d3llm_pipeline.config.schema import load_task
 
-    for task in ("arith", "arith_long", "dparallel_prompts", "humaneval"):
+    for task in ("arith", "arith_long", "roster", "dparallel_prompts", "humaneval"):
         allowed = load_task(compose_cfg(f"task={task}", "task.allow_code_execution=true").task)
         plain = load_task(compose_cfg(f"task={task}").task)
         assert allowed.allow_code_execution is True

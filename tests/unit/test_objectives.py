@@ -39,6 +39,20 @@ def test_stratified_levels_cover_each_stratum_once():
     assert (t >= MIN_NOISE).all() and (t <= 1).all()
 
 
+def test_a_ranks_noise_is_its_rows_of_the_one_process_draw():
+    ids = torch.randint(4, 40, (8, 30), generator=torch.Generator().manual_seed(1))
+    maskable = torch.zeros_like(ids, dtype=torch.bool)
+    maskable[:, 10:] = True
+    whole = sft_noise(ids, maskable, MASK, generator=torch.Generator().manual_seed(5))
+    for rank in range(4):  # 4 ranks of 2 rows, each with the same (seed, step) generator
+        rows = slice(2 * rank, 2 * rank + 2)
+        part = sft_noise(ids[rows], maskable[rows], MASK, generator=torch.Generator().manual_seed(5),
+                         row_offset=2 * rank, total_rows=8)
+        assert torch.equal(part[0], whole[0][rows]) and torch.equal(part[1], whole[1][rows])
+    with pytest.raises(ValueError, match="not inside a batch of 8"):
+        sft_noise(ids[:2], maskable[:2], MASK, row_offset=7, total_rows=8)
+
+
 def test_masked_cross_entropy_matches_hand_value():
     logits = torch.zeros(1, 3, 4)
     logits[0, 0] = torch.tensor([2.0, 0.0, 0.0, 0.0])

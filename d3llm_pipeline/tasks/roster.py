@@ -1,0 +1,132 @@
+"""`task=roster`: call the roll — number everyone present, in any order. An embedded task whose correct response is
+not unique, so the teacher's confidence, not the block schedule, limits how many tokens it commits per forward.
+
+    prompt:   sue has 3 pens . tom has 5 cards . [PAD] x 5 ann has 2 coins . [PAD] x 10 kim has 7 books .
+              max has 1 coins . how many ? [SEP]
+    response: 1 tom , 2 kim , 3 max , 4 sue , 5 ann          (any of the 5! = 120 orders; the last number says how many)
+
+Why it is built this way (issue 25): both arith tasks have exactly one right continuation, so the teacher is certain
+about whole blocks at once and the block schedule caps parallel decoding. Here every order of the k people is
+correct and the training set draws one uniformly per sample, so the teacher learns the mixture: until it has chosen,
+it is unsure who goes in a slot (about ln(k - j) nats when j are placed). Committing two undecided slots in one
+forward draws both from the same marginal and tends to name one person twice, which the grader rejects (as it does
+anyone absent, anyone left out, or a wrong number). A teacher must therefore choose about one person per forward,
+while the numbers, commas and EOS are certain at once; a distilled student, trained on the order the teacher chose
+for each prompt (the trajectory's `predicted` column records it), can learn to commit to an order in one go: what
+pseudo-trajectory distillation is for (docs/method.md §2).
+
+Layout: each of the 8 names has its own fixed 5-token slot (`name has n item .` in `NAMES` order, [PAD] where that
+person is absent), so who is present is read from fixed positions, as the tiny teacher learns fastest (its learned
+absolute positions copy from fixed places, docs/tiny_teacher.md). The counts and items make prompts distinct; the
+response does not use them. k = 5 people per sample by default (`task.min_people` / `task.max_people`, 2..8): a
+44-token prompt and a 14-token response (3 per entry, less the last comma): one decode block of 16 with its EOS, in
+a 32-token generation region. No new words: the vocabulary is arith's. Held-out prompts never occur in train; a set
+of people can (there are 56 sets of 5), so the splits differ in the counts and items. Three earlier designs and why
+they went: docs/embedded.md#the-task-with-many-right-answers-taskroster.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import ClassVar
+
+from d3llm_pipeline.errors import check
+from d3llm_pipeline.tasks.arith import ITEMS, NAMES, PAD, SEP
+from d3llm_pipeline.tasks.base import Graded
+from d3llm_pipeline.tasks.synthetic import Problem, SyntheticTask
+
+SLOT = 5  # prompt tokens per fact: "name has n item ."
+ENTRY = 2  # response tokens per entry: "j name" (entries are joined by " , ")
+
+
+def prompt_tokens() -> int:
+    return SLOT * len(NAMES) + 4  # one slot per name + "how many ? [SEP]"
+
+
+def response_tokens(max_people: int) -> int:
+    return (ENTRY + 1) * max_people - 1
+
+
+def generate_roster(rng: random.Random, min_people: int, max_people: int) -> Problem:
+    """k people with distinct names in their names' slots, each holding 1..9 of an item; the response numbers them
+    in a uniform order. `answers`: the names present, in prompt order."""
+    k = rng.randint(min_people, max_people)
+    present = sorted(rng.sample(range(len(NAMES)), k))
+    slots = [" ".join([PAD] * SLOT)] * len(NAMES)
+    for i in present:
+        slots[i] = f"{NAMES[i]} has {rng.randint(1, 9)} {rng.choice(ITEMS)} ."
+    names = tuple(NAMES[i] for i in present)
+    form = rng.sample(names, k)  # one of the k! correct responses
+    return Problem(prompt=" ".join(slots) + f" how many ? {SEP}", response=numbered(form), answer=k, answers=names)
+
+
+def numbered(names) -> str:
+    return " , ".join(f"{j} {name}" for j, name in enumerate(names, start=1))
+
+
+def read_names(text: str) -> list[str] | None:
+    """The names of a numbered list in the order written; None unless every entry is `j name` with j = 1, 2, ..."""
+    entries = [part.split() for part in text.split(",")]
+    if any(len(e) != 2 or e[0] != str(j) for j, e in enumerate(entries, start=1)):
+        return None
+    return [e[1] for e in entries]
+
+
+def grade_roster(text: str, names: tuple[str, ...]) -> bool:
+    """Everyone present exactly once, numbered 1..k, in any order: a repeated, missing, absent or garbled entry is
+    wrong."""
+    found = read_names(text)
+    return found is not None and sorted(found) == sorted(names)
+
+
+@dataclass
+class RosterTask(SyntheticTask):
+    """`task=roster`'s schema and task. Defaults are conf/task/roster.yaml's."""
+
+    kind: str = "roster"
+    name: str = "roster"
+    seed: int = 1234
+    # k = 5 people in every sample (56 sets of names). A fixed length keeps the EOS position out of what distillation
+    # can disturb (with k = 4..8 the student forgot where to stop: 17% of its answers one person short), and 5 keeps
+    # the response in one block (with k = 6 the last name falls in block 2, which multi-block decoding opens before
+    # block 1's names are chosen: docs/embedded.md)
+    min_people: int = 5
+    max_people: int = 5  # at most len(NAMES) = 8 (names are distinct within a sample)
+    prompt_length: int = 44  # 8 name slots of 5 tokens + "how many ? [SEP]"
+    gen_length: int = 32  # 2 decode blocks of 16: the response (14 tokens for k = 5; 23 at most) + EOS padding
+    n_train: int = 50000
+    n_val: int = 200
+    n_test: int = 1000  # held-out prompts never occur in train
+    allow_code_execution: bool = False  # runs no code: accepted so a command line can opt in for code benchmarks
+
+    SPLIT_STREAM: ClassVar[str] = "roster"
+
+    def __post_init__(self) -> None:
+        check(2 <= self.min_people <= self.max_people <= len(NAMES),
+              f"task.min_people and task.max_people must satisfy 2 <= min <= max <= {len(NAMES)}, "
+              f"got {self.min_people}..{self.max_people}")
+        super().__post_init__()
+
+    def _shape(self) -> str:
+        return f"task.max_people={self.max_people}"
+
+    def prompt_tokens(self) -> int:
+        return prompt_tokens()
+
+    def response_tokens(self) -> int:
+        return response_tokens(self.max_people)
+
+    def draw(self, rng: random.Random) -> Problem:
+        return generate_roster(rng, self.min_people, self.max_people)
+
+    def grade(self, text: str, problem: Problem) -> Graded:
+        # predicted: the names in the order written, so a trajectory records the form the teacher chose
+        found = read_names(text)
+        return Graded(None if found is None else " ".join(found), grade_roster(text, problem.answers), None)
+
+    def answer_text(self, problem: Problem) -> str:
+        return " ".join(problem.answers)  # who is present, in prompt order
+
+
+TASK = RosterTask
