@@ -18,7 +18,9 @@ from paper_fixture import paper_setup, run_step_stage
 from safetensors.torch import load_file
 
 
-@pytest.mark.parametrize("family", ["llada", "dream"])
+# Dream's case (36-56 s) runs in `make test-all` only: make test had reached its ~8-minute aim on 2 cores, and Dream's
+# pipeline stays in make test through test_fixture_pipeline.py (the Dream fixture end to end)
+@pytest.mark.parametrize("family", ["llada", pytest.param("dream", marks=pytest.mark.slow)])
 def test_a_paper_recipe_runs_end_to_end_on_a_fixture(tmp_path, family):
     teacher, overrides = paper_setup(tmp_path, family)
     result = run_step_stage(tmp_path, "pipeline", overrides)
