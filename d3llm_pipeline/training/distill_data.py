@@ -2,8 +2,8 @@
 
 The batch of optimiser step s (on rank k of W) is a pure function of (seed, s) (training/step_indexed.py): epoch
 e = s // steps_per_epoch picks a permutation seeded by (seed, e), and s's slice of it. A run resumed from a
-checkpoint at step s therefore sees exactly the batches an uninterrupted run would (Lightning would otherwise restart the epoch's
-DataLoader from its first batch).
+checkpoint at step s therefore sees exactly the batches an uninterrupted run would (Lightning would otherwise
+restart the epoch's DataLoader from its first batch).
 
 `batch_size` is the *global* batch: with W devices (DDP / FSDP) each rank takes its 1/W share of the step's rows
 (rank k: rows [k B/W, (k+1) B/W) of the slice), so steps per epoch, the schedules built on them and the rows of

@@ -65,14 +65,22 @@ class StepBatches(IterableDataset):
                               f"{world_size} devices (trainer.devices x trainer.num_nodes); set stage.batch_size="
                               f"{max(world_size, batch_size // world_size * world_size)} or change trainer.devices")
         self.per_rank = batch_size // world_size
+        self._epoch_order: tuple[int, torch.Tensor] | None = None  # (epoch, its permutation): see _order
         self.n = _rows(tensors)
         self.steps_per_epoch = self.n // batch_size
         if self.steps_per_epoch < 1:
             raise ConfigError(f"stage.batch_size={batch_size} exceeds the {self.n} {too_few}")
 
+    def _order(self, epoch: int) -> torch.Tensor:
+        """Epoch `epoch`'s permutation of the rows, drawn once per epoch (not once per step: O(N) each time)."""
+        if self._epoch_order is None or self._epoch_order[0] != epoch:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._epoch_order = (epoch, torch.randperm(self.n, generator=generator))
+        return self._epoch_order[1]
+
     def batch_indices(self, step: int) -> torch.Tensor:
         epoch, within = divmod(step, self.steps_per_epoch)
-        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+        order = self._order(epoch)
         lo = within * self.batch_size + self.rank * self.per_rank
         return order[lo : lo + self.per_rank]
 
