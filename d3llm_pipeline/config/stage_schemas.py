@@ -265,6 +265,9 @@ class AblationStageConfig:
     # (seed 0 = the run's own students, e.g. make demo's)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     reuse_evals: bool = True  # evals already on disk with the same model + settings are reused (re-tabulating is free)
+    # also sweep the teacher decoded as `full` (no distillation: stage=pipeline's teacher/d3llm curve), the control
+    # every student's AUP is divided by (the table's `control` row and AUP ÷ control column)
+    control: bool = True
     # the conf/task preset every variant is swept on; null: the suite's first eval task, else `task` (training runs
     # on suite.train_task, as in stage=pipeline)
     eval_task: str | None = None

@@ -10,7 +10,9 @@ Pure functions over plain dicts (no Hydra, no wandb), so the numbers can be chec
 or `<variant>@seed<s>` with several training seeds) and `report` is aggregate.build_report(runs): one curve per
 (variant, seed), all weighted with the same y_max (the best accuracy of any), so their AUPs compare. The accuracy /
 TPF / tokens/s columns come from the job at the reference τ; with several seeds each value is a mean ± 95% CI and
-each Δ a paired (per-seed) mean ± CI whose sign is called only when the interval excludes 0.
+each Δ a paired (per-seed) mean ± CI whose sign is called only when the interval excludes 0. With a `control`
+curve (the teacher decoded like `full`, no distillation: the pipeline's teacher/d3llm curve) the table gains its
+row and an `AUP ÷ control` column: each seed's AUP over the control's, mean ± CI.
 """
 
 from __future__ import annotations
@@ -31,12 +33,13 @@ COLUMNS = [
     ("tpf", "TPF", "tpf"),
     ("tokens_per_s", "tokens/s", "tokens_per_s"),
     ("aup", "AUP", "aup"),
+    ("aup_vs_control", "AUP ÷ control", "vs_control"),
     ("delta_tpf_pct", "ΔTPF", "delta_tpf"),
     ("delta_tps_pct", "Δtokens/s", "delta_tps"),
     ("delta_aup_pct", "ΔAUP", "delta_aup"),
     ("paper", "paper: the component's gain (method.md §11)", "paper"),
 ]
-CI_KEYS = ("accuracy", "tpf", "tokens_per_s", "aup", "delta_tpf", "delta_tps", "delta_aup")  # mean ± 95% CI
+CI_KEYS = ("accuracy", "tpf", "tokens_per_s", "aup", "vs_control", "delta_tpf", "delta_tps", "delta_aup")  # ± 95% CI
 SIGN_KEYS = ("delta_tpf", "delta_tps", "delta_aup")
 # What the paper reports for the component a variant removes (or, kv_cache, adds): method.md §11, README / blog.
 PAPER = {
@@ -48,7 +51,11 @@ PAPER = {
     "single_block": "multi-block decoding: +30% TPF (README), +20% (blog)",
     "kv_cache": "KV cache + refresh: +35% TPS (README), +20% (blog), long contexts",
     "no_early_stop": "early stop on EOS: +5% TPF",
+    # no paper figure is the teacher with d3LLM's decoder; the nearest is the teacher with threshold decoding
+    "control": "distillation: 3.1x (LLaDA), 3.4x (Dream) the AUP of Fast-dLLM on GSM8K-CoT (method.md §8.1)",
 }
+CONTROL = "control"  # the control curve's label and row: the teacher, decoded as the `full` row is
+CONTROL_CHANGE = "the teacher, no distillation, decoded as `full` (the pipeline's teacher/d3llm control)"
 
 
 def variant_label(variant: str, seed: int, n_seeds: int) -> str:
@@ -71,31 +78,41 @@ def _relative_pct(value: float | None, reference: float | None) -> float | None:
     return 100.0 * (value - reference) / reference
 
 
+def _values(report: dict[str, Any], runs: list[dict[str, Any]], label: str, threshold: float
+            ) -> dict[str, float | None]:
+    """Curve `label`'s accuracy (%), TPF and tokens/s at τ `threshold` and its AUP (None: unknown)."""
+    job = reference_job(runs, label, threshold)
+    return {"accuracy": None if job is None else 100.0 * job["accuracy"], "tpf": None if job is None else job["tpf"],
+            "tokens_per_s": None if job is None else job.get("tokens_per_s"),
+            "aup": next((c["aup"] for c in report["curves"] if c["model"] == label), None)}
+
+
 def _per_seed(report: dict[str, Any], runs: list[dict[str, Any]], variant: str, seeds: list[int],
               threshold: float) -> dict[int, dict[str, float | None]]:
-    aups = {c["model"]: c["aup"] for c in report["curves"]}
-    out = {}
-    for seed in seeds:
-        label = variant_label(variant, seed, len(seeds))
-        job = reference_job(runs, label, threshold)
-        out[seed] = {"accuracy": None if job is None else 100.0 * job["accuracy"],
-                     "tpf": None if job is None else job["tpf"],
-                     "tokens_per_s": None if job is None else job.get("tokens_per_s"), "aup": aups.get(label)}
-    return out
+    """Per seed, the values of `variant`'s curve; the control has one curve, the same for every seed."""
+    if variant == CONTROL:
+        return {seed: _values(report, runs, CONTROL, threshold) for seed in seeds}
+    return {seed: _values(report, runs, variant_label(variant, seed, len(seeds)), threshold) for seed in seeds}
 
 
 def ablation_rows(report: dict[str, Any], runs: list[dict[str, Any]], changes: dict[str, str],
                   reference_threshold: float, reference: str = "full", seeds: list[int] | None = None
                   ) -> list[dict[str, Any]]:
-    """One row per variant of `changes` (variant -> what changed), in its order, over `seeds` (default [0]).
+    """One row per variant of `changes` (variant -> what changed), in its order, over `seeds` (default [0]), and
+    last the `control` row when the report has a curve labelled CONTROL.
 
     Each value is the mean over the seeds that have it, with `<key>_ci` the half-width of its 95% interval (None
     with one seed). accuracy is in percent; delta_tpf / delta_tps / delta_aup are relative changes vs the
     `reference` variant's SAME seed, in percent, averaged over seeds (paired), with `<key>_sign` the sign the
-    interval supports ("+", "-", "n.s.", or "n/a" with fewer than two seeds).
+    interval supports ("+", "-", "n.s.", or "n/a" with fewer than two seeds). vs_control: each seed's AUP over
+    the control's (None without a control), mean ± CI; the control's own row has 1 and deltas paired with each
+    seed of `reference`.
     """
     seeds = seeds or [0]
+    if any(c["model"] == CONTROL for c in report["curves"]):
+        changes = {**changes, CONTROL: CONTROL_CHANGE}
     values = {v: _per_seed(report, runs, v, seeds, reference_threshold) for v in changes}
+    control_aup = values[CONTROL][seeds[0]]["aup"] if CONTROL in values else None
     ref = values.get(reference, {})
     rows = []
     for variant, changed in changes.items():
@@ -107,7 +124,12 @@ def ablation_rows(report: dict[str, Any], runs: list[dict[str, Any]], changes: d
             deltas = [_relative_pct(per_seed[s][base], ref.get(s, {}).get(base)) for s in seeds]
             row[key], row[f"{key}_ci"] = mean_ci([d for d in deltas if d is not None])
             row[f"{key}_sign"] = sign_of(row[key], row[f"{key}_ci"])
+        ratios = [v["aup"] / control_aup for v in per_seed.values() if v["aup"] is not None and control_aup]
+        row["vs_control"], row["vs_control_ci"] = mean_ci(ratios)
         row["seeds"] = sum(1 for v in per_seed.values() if v["aup"] is not None)
+        if variant == CONTROL:  # one curve (no training seed): its own values carry no interval
+            row.update(seeds=1, **{f"{key}_ci": None for key in ("accuracy", "tpf", "tokens_per_s", "aup",
+                                                                 "vs_control")})
         rows.append(row)
     return rows
 
@@ -134,6 +156,7 @@ def seed_mean_report(report: dict[str, Any], variants: list[str], seeds: list[in
             aup_mean, aup_ci = mean_ci([c["aup"] for c in same])
             curves.append({"model": variant, "decoder": decoder, "aup": aup_mean, "aup_ci": aup_ci,
                            "seeds": len(same), "points": sorted(points, key=lambda p: p["tpf"])})
+    curves += [{**c, "aup_ci": None, "seeds": 1} for c in report["curves"] if c["model"] == CONTROL]
     curves.sort(key=lambda c: -c["aup"])
     return {"y_max": report["y_max"], "curves": curves}
 
@@ -154,7 +177,8 @@ def _cell(key: str, row: dict[str, Any]) -> str:
         if row.get(f"{key}_ci") is not None:
             text += f" ± {row[f'{key}_ci']:.1f} ({row[f'{key}_sign']})"
         return text
-    formats = {"accuracy": "{:.1f}", "tpf": "{:.2f}", "tokens_per_s": "{:.0f}", "aup": "{:.1f}"}
+    formats = {"accuracy": "{:.1f}", "tpf": "{:.2f}", "tokens_per_s": "{:.0f}", "aup": "{:.1f}",
+               "vs_control": "{:.2f}"}
     text = formats.get(key, "{}").format(value)
     if key in CI_KEYS and row.get(f"{key}_ci") is not None:
         text += " ± " + formats[key].format(row[f"{key}_ci"])
@@ -165,17 +189,19 @@ def markdown_table(rows: list[dict[str, Any]], reference_threshold: float, y_max
                    reference: str = "full") -> str:
     """The table as markdown, followed by lines saying how the columns were measured."""
     at = f" @ τ={reference_threshold:g}"
-    headers = [h + (at if key in ("accuracy", "tpf", "tokens_per_s") else "") for _, h, key in COLUMNS]
+    controlled = any(row["variant"] == CONTROL for row in rows)  # the ÷ control column only when it has values
+    columns = [c for c in COLUMNS if controlled or c[2] != "vs_control"]
+    headers = [h + (at if key in ("accuracy", "tpf", "tokens_per_s") else "") for _, h, key in columns]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
-        cells = [_cell(key, row) for _, _, key in COLUMNS]
+        cells = [_cell(key, row) for _, _, key in columns]
         if row["variant"] == reference:
             cells[-4:-1] = ["(ref)", "(ref)", "(ref)"]
         lines.append("| " + " | ".join(cells) + " |")
     y = "n/a" if y_max is None else f"{y_max:.1f}"
     seeds = max((row["seeds"] for row in rows), default=0)
     lines.append("")
-    lines.append(f"AUP over each variant's τ sweep with one y_max = {y} (the best accuracy of any variant and seed); "
+    lines.append(f"AUP over each variant's τ sweep with one y_max = {y} (the best accuracy of any curve); "
                  f"ΔTPF, Δtokens/s and ΔAUP are relative to the `{reference}` row (tokens/s is wall-clock, so it "
                  "moves with the machine's load).")
     if seeds > 1:
@@ -183,6 +209,10 @@ def markdown_table(rows: list[dict[str, Any]], reference_threshold: float, y_max
                      "(Student's t); a Δ is paired by seed, and its sign is called (+ / -) only when its interval "
                      "excludes 0 (n.s. otherwise). The paper column is the gain the paper reports for the component "
                      "the variant removes, so a removal that matches it shows a negative Δ.")
+    if controlled:
+        lines.append("The `control` row is the teacher decoded as `full` is, without distillation (stage=pipeline's "
+                     "teacher/d3llm curve); AUP ÷ control is each seed's AUP over the control's, and the control's "
+                     "Δ columns say how far below `full` the teacher is.")
     return "\n".join(lines)
 
 

@@ -22,10 +22,13 @@ then stage.step_overrides.<step>):
    `stage=eval model=student experiment=ablation_<name> decode.threshold=<τ>` per τ of stage.thresholds, into
    <run dir>/variants/<name>/seed_<s>/<i> (with stage.reuse_evals, an eval already there with the same request
    is reused, so re-tabulating costs nothing);
-3. the table: ablation.md + ablation.csv (accuracy / TPF / tokens/s at stage.reference_threshold, AUP over the
+3. with stage.control (default), the control: the teacher decoded as `full` is (`stage=eval experiment=ablation_full
+   decode.threshold=<τ>` on the teacher, one sweep: no training seed) into <run dir>/control/<i>;
+4. the table: ablation.md + ablation.csv (accuracy / TPF / tokens/s at stage.reference_threshold, AUP over the
    sweep with one y_max for all variants; with several seeds means ± 95% CI, and ΔTPF / Δtokens/s / ΔAUP vs `full`
-   paired by seed with the sign called only when the interval excludes 0; the paper's figure per component) and the
-   curves (aup_points.csv, aup.json, aup_curve.png; one curve per variant and seed).
+   paired by seed with the sign called only when the interval excludes 0; the paper's figure per component; the
+   `control` row and each row's AUP ÷ control) and the curves (aup_points.csv, aup.json, aup_curve.png; one curve
+   per variant and seed, and the control's), also logged to wandb with logger=wandb.
 An experiment on the command line stays underneath each variant's: experiment=smoke runs `experiment=[smoke,
 ablation_<name>]`, so the variant's deltas apply on top of the smoke setup.
 """
@@ -45,6 +48,7 @@ from d3llm_pipeline.errors import ConfigError
 from d3llm_pipeline.fileio import atomic_write_json, atomic_write_text
 from d3llm_pipeline.models.families import EMBEDDED_FAMILY
 from d3llm_pipeline.reporting.ablation_table import (
+    CONTROL,
     ablation_rows,
     as_lists,
     markdown_table,
@@ -133,8 +137,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                  bases[variant]))
             evals += [(out_dir / "variants" / variant / where, str(i), ["stage=eval", *on_task, *student,
                        f"decode.threshold={tau}", *seeded], bases[variant]) for i, tau in enumerate(stage.thresholds)]
+    if stage.control:  # the teacher as configured (the tiny family names its preset), decoded as `full` is
+        teacher_model = ["model=tiny"] if tiny else []
+        evals += [(out_dir / CONTROL, str(i), ["stage=eval", *on_task, *teacher_model, f"decode.threshold={tau}"],
+                   variant_overrides(user, "full")) for i, tau in enumerate(stage.thresholds)]
     teacher = [(out_dir, "teacher", ["stage=teacher"], None)] if tiny else []  # (a real family's: used as it is)
-    for directory, name, overrides, base in teacher + training + evals[:1]:
+    for directory, name, overrides, base in teacher + training + evals[:1] + evals[-1:] * stage.control:
         check_step(cfg, directory, name, *overrides, base=base)  # every dir they write: new or ours, up front
     progress = StepProgress("ablation", ["teacher", *trajectory_kinds(trajectories),
                                          *["distill"] * (len(training) - 1), *["eval"] * len(evals)])
@@ -148,8 +156,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def tabulate(cfg: DictConfig, stage: AblationStageConfig, out_dir: Path,
              y_max: dict[str, float] | None = None) -> dict[str, Any]:
-    """ablation.md / ablation.csv and the AUP curves from the eval jobs under <out_dir>/variants/<variant>/seed_<s>/;
-    `y_max` per task (suite.y_max: the paper's) where given, else the best accuracy of any variant and seed."""
+    """ablation.md / ablation.csv and the AUP curves from the eval jobs under <out_dir>/variants/<variant>/seed_<s>/
+    (and <out_dir>/control/ with stage.control); `y_max` per task (suite.y_max: the paper's) where given, else the
+    best accuracy of any curve."""
     runs, failed = [], []
     for variant in stage.variants:
         for seed in stage.seeds:
@@ -158,6 +167,10 @@ def tabulate(cfg: DictConfig, stage: AblationStageConfig, out_dir: Path,
             label = variant_label(variant, seed, len(stage.seeds))
             runs += [{**run, "model": {**run["model"], "name": label}} for run in found]
             failed += missing
+    if stage.control:
+        found, missing = collect_runs([out_dir / CONTROL])
+        runs += [{**run, "model": {**run["model"], "name": CONTROL}} for run in found]
+        failed += missing
     report = build_report(runs, y_max=y_max)  # one scale for every variant's AUP
     written = write_report(out_dir, report, failed)
     if len(stage.seeds) > 1:  # one curve per variant (seed means, 95% bars) instead of variants x seeds

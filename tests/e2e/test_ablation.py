@@ -106,6 +106,35 @@ def test_seeded_table_has_intervals_and_calls_signs_by_hand():
     assert "means over 3 training seeds" in table[-1]
 
 
+def test_control_row_and_ratio_by_hand():
+    """The control (the teacher decoded as `full`): its own row, and each row's AUP over its AUP, mean ± CI."""
+    runs = [job("control", 0.5, 4.0, 0.9, 400.0), job("control", 2.0, 5.0, 0.9, 500.0)]
+    for seed, tpf in enumerate([8.0, 9.0, 10.0]):  # accuracy 90 everywhere: AUP = 90 · (TPF at τ 0.5 + 1)
+        runs += [seeded("full", seed, 0.5, tpf, 0.9), seeded("full", seed, 2.0, tpf + 1, 0.9)]
+    report = build_report(runs)
+    rows = {r["variant"]: r for r in ablation_rows(report, runs, {"full": "reference"}, 0.5, seeds=[0, 1, 2])}
+    assert list(rows) == ["full", "control"]  # the control's row comes last
+    full, control = rows["full"], rows["control"]
+    assert control["aup"] == pytest.approx(450.0) and control["vs_control"] == pytest.approx(1.0)
+    assert (control["seeds"], control["aup_ci"], control["vs_control_ci"]) == (1, None, None)  # one curve
+    # full's AUPs 810, 900, 990 over 450: 1.8, 2.0, 2.2 -> mean 2.0, sd 0.2, half-width 4.303 · 0.2 / √3
+    assert full["vs_control"] == pytest.approx(2.0)
+    assert full["vs_control_ci"] == pytest.approx(4.303 * 0.2 / math.sqrt(3))
+    # the control's Δ pairs its one curve with each seed of full: TPF 4 vs 8, 9, 10
+    assert control["delta_tpf"] == pytest.approx(-100.0 * (0.5 + 5 / 9 + 0.6) / 3)
+    assert control["delta_tpf_sign"] == "-"
+    table = markdown_table(list(rows.values()), 0.5, report["y_max"]).splitlines()
+    assert "| AUP | AUP ÷ control | ΔTPF |" in table[0]
+    assert table[2].split(" | ")[6:8] == ["900.0 ± 223.6", "2.00 ± 0.50"]
+    # ΔTPF -50, -55.6, -60 %: sd 5.01, half-width 4.303 · 5.01 / √3 = 12.4
+    assert table[3].split(" | ")[2:9] == ["1", "90.0", "4.00", "400", "450.0", "1.00", "-55.2% ± 12.4 (-)"]
+    means = seed_mean_report(report, ["full"], [0, 1, 2])
+    assert [(c["model"], c["seeds"]) for c in means["curves"]] == [("full", 3), ("control", 1)]
+    without = ablation_rows(build_report(runs[2:]), runs[2:], {"full": "reference"}, 0.5, seeds=[0, 1, 2])
+    assert [r["variant"] for r in without] == ["full"] and without[0]["vs_control"] is None
+    assert "÷ control" not in markdown_table(without, 0.5, 90.0)  # no control: the table as before
+
+
 def test_seed_means_curve_by_hand():
     """seed_mean_report: per τ the mean TPF / accuracy over seeds with t-intervals; AUP the seeds' mean AUP."""
     runs = [seeded("full", 0, 0.5, 8.0, 0.90), seeded("full", 0, 2.0, 10.0, 0.80),
@@ -163,16 +192,20 @@ def test_ablation_stage_end_to_end(tmp_path):
     assert json.loads((own / "training_summary.json").read_text())["recipe"]["masking"] == "random"
 
     rows = list(csv.DictReader(open(run_dir / "ablation.csv")))
-    assert [r["variant"] for r in rows] == ["full", "random_masking", "single_block"] == [
+    assert [r["variant"] for r in rows] == ["full", "random_masking", "single_block", "control"] == [
         r["variant"] for r in result["rows"]]
     md = (run_dir / "ablation.md").read_text().splitlines()
     assert [line.split(" | ")[0] for line in md if line.startswith("| ")][1:] == [
-        "| full", "| random_masking", "| single_block"]  # after the header, one row per variant
+        "| full", "| random_masking", "| single_block", "| control"]  # after the header, one row per variant
     assert {p.name for p in run_dir.iterdir()} >= {"aup_points.csv", "aup.json", "aup_curve.png"}
 
     metrics = {v: [json.loads((run_dir / "variants" / v / "seed_0" / str(i) / "metrics.json").read_text())
                    for i in (0, 1)]
                for v in ("full", "random_masking", "single_block")}
+    # the control: the teacher, decoded as `full` is (stage.control, on by default), one sweep
+    metrics["control"] = [json.loads((run_dir / "control" / str(i) / "metrics.json").read_text()) for i in (0, 1)]
+    assert metrics["control"][1]["model"]["path"] == str(artifacts / "teacher")
+    assert [m["decoder"]["rule"] for m in metrics["control"]] == ["d3llm", "d3llm"]
     assert metrics["full"][0]["decoder"]["rule"] == "d3llm" and metrics["single_block"][0]["decoder"]["rule"] == (
         "threshold")
     assert metrics["random_masking"][1]["model"]["path"] == str(own)
@@ -209,7 +242,7 @@ def test_ablation_stage_end_to_end(tmp_path):
             "stage=ablation", "stage.variants=[full,single_block]", "stage.thresholds=[0.5,2.0]",
             "stage.seeds=[0,1]", STEPS, f"+output_dir={run_dir}", f"+pipeline_overrides={overrides}", *overrides])
         again = call_stage(cfg)
-    assert reused.stat().st_mtime_ns == stamp  # not decoded again
+    assert reused.stat().st_mtime_ns == stamp  # not decoded again (nor is the control, which has no seed)
     seed1 = json.loads((run_dir / "variants" / "single_block" / "seed_1" / "0" / "metrics.json").read_text())
     assert seed1["model"]["path"] == str(artifacts / "student_seed1" / "merged")
     summary = json.loads((artifacts / "student_seed1" / "merged" / "training_summary.json").read_text())
@@ -221,7 +254,7 @@ def test_ablation_stage_end_to_end(tmp_path):
                 ["tpf"] for s in (0, 1)]
     assert two["single_block"]["tpf"] == pytest.approx(sum(per_seed) / 2)
     means = json.loads((run_dir / "aup_means.json").read_text())  # what aup_curve.png draws with two seeds
-    assert sorted(c["model"] for c in means["curves"]) == ["full", "single_block"]
+    assert sorted(c["model"] for c in means["curves"]) == ["control", "full", "single_block"]
     assert min(p["tpf"] for p in next(c for c in means["curves"] if c["model"] == "single_block")["points"]) \
         == pytest.approx(sum(per_seed) / 2)  # τ 0.5 has the lowest TPF
 
