@@ -35,6 +35,10 @@ def test_ablation_runs_two_variants_on_the_llada_fixture(tmp_path):
         assert metrics["model"]["path"] == str(tmp_path / "outputs" / "artifacts" / student / "merged")
         assert metrics["model"]["name"] == "llada-8b-instruct-student"
     assert result["y_max"] == 74.98  # the paper's GSM8K-CoT value for LLaDA (suite.y_max)
-    assert [row["variant"] for row in result["rows"]] == ["full", "dparallel"]
+    # the control: the released teacher as it is, decoded as `full` on the same benchmark
+    control = json.loads((run / "control" / "0" / "metrics.json").read_text())
+    assert (control["model"]["name"], control["task"]["name"], control["decoder"]["rule"]) == (
+        "llada-8b-instruct", "gsm8k_cot", "d3llm")
+    assert [row["variant"] for row in result["rows"]] == ["full", "dparallel", "control"]
     table = (run / "ablation.md").read_text()
     assert "| full |" in table and "| dparallel |" in table
