@@ -230,7 +230,8 @@ def teacher_step(cfg: DictConfig, out_dir: Path, progress: StepProgress) -> None
 
 class StepProgress:
     """The overall progress of stage=pipeline / stage=ablation: each step logs its number, its time, the elapsed
-    time and an estimate of what is left (the mean time of the steps of its kind so far, times those to come).
+    time and an estimate of what is left: the mean time of the steps of each kind so far, times those to come. A
+    kind not timed yet is named with its count instead of guessed (an eval is not a teacher's 5 minutes).
 
         progress = StepProgress("pipeline", ["teacher", "trajectory", "distill"] + ["eval"] * 38)
         with progress.step("sweeps/student_d3llm/3"):
@@ -242,7 +243,17 @@ class StepProgress:
         self.stage, self.total, self.done = stage, len(kinds), 0
         self.start = time.perf_counter()
         self.kinds: dict[str, list[float]] = {}  # step kind -> durations so far
-        self.remaining = {kind: kinds.count(kind) for kind in set(kinds)}
+        self.remaining = {kind: kinds.count(kind) for kind in dict.fromkeys(kinds)}  # in order of first use
+
+    def left(self) -> str:
+        """What is left: "about 12m30s", plus "and 38 eval step(s) not timed yet" for kinds with no time so far."""
+        mean = {k: sum(v) / len(v) for k, v in self.kinds.items()}
+        known = sum(mean[k] * n for k, n in self.remaining.items() if n > 0 and k in mean)
+        unknown = [f"{n} {k}" for k, n in self.remaining.items() if n > 0 and k not in mean]
+        untimed = f"{', '.join(unknown)} step(s) not timed yet" if unknown else ""
+        if known == 0 and untimed:
+            return untimed
+        return f"about {_clock(known)}" + (f" and {untimed}" if untimed else "")
 
     @contextlib.contextmanager
     def step(self, name: str, kind: str | None = None, count: int = 1):
@@ -255,12 +266,8 @@ class StepProgress:
         self.kinds.setdefault(kind, []).extend([took / max(count, 1)] * count)
         if kind in self.remaining:
             self.remaining[kind] -= count
-        all_steps = [t for times in self.kinds.values() for t in times]
-        mean = {k: sum(v) / len(v) for k, v in self.kinds.items()}
-        left = (sum(mean.get(k, sum(all_steps) / len(all_steps)) * n for k, n in self.remaining.items())
-                if self.remaining else sum(all_steps) / len(all_steps) * (self.total - self.done))
-        log.info("%s: step %d/%d (%s) took %s; elapsed %s, about %s left", self.stage, self.done, self.total, name,
-                 _clock(took), _clock(time.perf_counter() - self.start), _clock(left))
+        log.info("%s: step %d/%d (%s) took %s; elapsed %s, %s left", self.stage, self.done, self.total, name,
+                 _clock(took), _clock(time.perf_counter() - self.start), self.left())
 
 
 def _clock(seconds: float) -> str:

@@ -27,3 +27,21 @@ def test_the_bar_names_the_last_epoch(batches, accumulate, max_epochs, max_steps
 def test_no_bar_when_the_trainer_shows_none():
     assert progress_bar(OmegaConf.create({"trainer": {"enable_progress_bar": False}})) == []
     assert isinstance(progress_bar(OmegaConf.create({"trainer": {}}))[0], StepBoundProgressBar)
+
+
+def test_step_progress_estimates_only_from_kinds_it_has_timed(monkeypatch):
+    """What is left = each timed kind's mean x its steps to come; an untimed kind is counted, not guessed."""
+    from d3llm_pipeline.stages import steps
+
+    # start; per step its start, its end and the elapsed time logged: teacher 300 s, eval 10 s, eval 20 s
+    clock = iter([0.0, 0.0, 300.0, 300.0, 300.0, 310.0, 310.0, 310.0, 330.0, 330.0])
+    monkeypatch.setattr(steps.time, "perf_counter", lambda: next(clock))
+    progress = steps.StepProgress("pipeline", ["teacher", "distill", "eval", "eval", "eval"])
+    with progress.step("teacher"):
+        pass
+    assert progress.left() == "1 distill, 3 eval step(s) not timed yet"
+    with progress.step("sweeps/tiny_vanilla/0", "eval"):
+        pass
+    with progress.step("sweeps/tiny_vanilla/1", "eval"):
+        pass
+    assert progress.left() == "about 0m15s and 1 distill step(s) not timed yet"  # one eval left at the 15 s mean
