@@ -48,16 +48,22 @@ def response_tokens(max_people: int) -> int:
     return (ENTRY + 1) * max_people - 1
 
 
-def generate_roster(rng: random.Random, min_people: int, max_people: int) -> Problem:
+ORDERS = ("any", "ends")  # task.orders: every order of the k people is correct / prompt order or its reverse
+
+
+def generate_roster(rng: random.Random, min_people: int, max_people: int, orders: str = "any") -> Problem:
     """k people with distinct names in their names' slots, each holding 1..9 of an item; the response numbers them
-    in a uniform order. `answers`: the names present, in prompt order."""
+    in one of the correct orders (`orders`), drawn uniformly. `answers`: the names present, in prompt order."""
     k = rng.randint(min_people, max_people)
     present = sorted(rng.sample(range(len(NAMES)), k))
     slots = [" ".join([PAD] * SLOT)] * len(NAMES)
     for i in present:
         slots[i] = f"{NAMES[i]} has {rng.randint(1, 9)} {rng.choice(ITEMS)} ."
     names = tuple(NAMES[i] for i in present)
-    form = rng.sample(names, k)  # one of the k! correct responses
+    if orders == "ends":  # from either end of the prompt, one draw (the "any" stream is left as it was)
+        form = list(names) if rng.random() < 0.5 else list(reversed(names))
+    else:
+        form = rng.sample(names, k)  # one of the k! correct responses
     return Problem(prompt=" ".join(slots) + f" how many ? {SEP}", response=numbered(form), answer=k, answers=names)
 
 
@@ -73,11 +79,13 @@ def read_names(text: str) -> list[str] | None:
     return [e[1] for e in entries]
 
 
-def grade_roster(text: str, names: tuple[str, ...]) -> bool:
-    """Everyone present exactly once, numbered 1..k, in any order: a repeated, missing, absent or garbled entry is
-    wrong."""
+def grade_roster(text: str, names: tuple[str, ...], orders: str = "any") -> bool:
+    """Everyone present exactly once, numbered 1..k, in any order (`orders="ends"`: in prompt order or its reverse
+    only): a repeated, missing, absent or garbled entry is wrong, and so is a mixture of two orders."""
     found = read_names(text)
-    return found is not None and sorted(found) == sorted(names)
+    if found is None:
+        return False
+    return found in (list(names), list(reversed(names))) if orders == "ends" else sorted(found) == sorted(names)
 
 
 @dataclass
@@ -93,6 +101,9 @@ class RosterTask(SyntheticTask):
     # block 1's names are chosen: docs/embedded.md)
     min_people: int = 5
     max_people: int = 5  # at most len(NAMES) = 8 (names are distinct within a sample)
+    # which orders are correct: "any" (all k!) or "ends" (the prompt's order or its reverse: two forms, so a mixture
+    # of them, e.g. "1 tom , 2 kim , 3 max , 4 kim , 5 tom", is the typical parallel-decoding error)
+    orders: str = "any"
     prompt_length: int = 44  # 8 name slots of 5 tokens + "how many ? [SEP]"
     gen_length: int = 32  # 2 decode blocks of 16: the response (14 tokens for k = 5; 23 at most) + EOS padding
     n_train: int = 50000
@@ -106,7 +117,15 @@ class RosterTask(SyntheticTask):
         check(2 <= self.min_people <= self.max_people <= len(NAMES),
               f"task.min_people and task.max_people must satisfy 2 <= min <= max <= {len(NAMES)}, "
               f"got {self.min_people}..{self.max_people}")
+        check(self.orders in ORDERS, f"task.orders must be one of {', '.join(ORDERS)}, got {self.orders!r}")
         super().__post_init__()
+
+    def identity(self) -> dict:
+        """As the base's, without `orders` at its default: artifacts made before it existed stay reusable."""
+        out = super().identity()
+        if self.orders == "any":
+            out.pop("orders")
+        return out
 
     def _shape(self) -> str:
         return f"task.max_people={self.max_people}"
@@ -118,12 +137,13 @@ class RosterTask(SyntheticTask):
         return response_tokens(self.max_people)
 
     def draw(self, rng: random.Random) -> Problem:
-        return generate_roster(rng, self.min_people, self.max_people)
+        return generate_roster(rng, self.min_people, self.max_people, self.orders)
 
     def grade(self, text: str, problem: Problem) -> Graded:
         # predicted: the names in the order written, so a trajectory records the form the teacher chose
         found = read_names(text)
-        return Graded(None if found is None else " ".join(found), grade_roster(text, problem.answers), None)
+        return Graded(None if found is None else " ".join(found), grade_roster(text, problem.answers, self.orders),
+                      None)
 
     def answer_text(self, problem: Problem) -> str:
         return " ".join(problem.answers)  # who is present, in prompt order

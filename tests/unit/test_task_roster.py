@@ -63,6 +63,26 @@ def test_every_order_is_correct_and_mixtures_are_not():
     assert task.grade(wrong[-1], p).predicted is None and task.answer_text(p) == " ".join(p.answers)
 
 
+def test_orders_ends_draws_two_forms_and_rejects_their_mixtures():
+    """task.orders=ends: prompt order or its reverse, both drawn; every other order (a mixture of the two) is wrong."""
+    task = small(orders="ends")
+    rng = random.Random(5)
+    forms = [roster.read_names(roster.generate_roster(rng, 4, 4, "ends").response) for _ in range(200)]
+    p = roster.generate_roster(random.Random(7), 4, 4, "ends")
+    names = list(p.answers)
+    assert {tuple(f) == tuple(sorted(f, key=arith.NAMES.index)) for f in forms} == {True, False}  # both forms occur
+    assert all(f in ([n for n in arith.NAMES if n in f], [n for n in reversed(arith.NAMES) if n in f]) for f in forms)
+    right = [order for order in itertools.permutations(names) if task.grade(roster.numbered(order), p).correct]
+    assert right == [tuple(names), tuple(reversed(names))]
+    a, b, c, d = names
+    assert not task.grade(roster.numbered([a, b, b, a]), p).correct  # two half-orders
+    assert small().grade(roster.numbered([b, a, c, d]), p).correct  # the default still takes any order
+    # the default's fingerprint is what it was before the field existed, so its artifacts stay reusable
+    assert "orders" not in small().identity() and task.identity()["orders"] == "ends"
+    with pytest.raises(ConfigError, match="task.orders must be one of any, ends"):
+        small(orders="sorted")
+
+
 def test_splits_hold_out_prompts_and_encode(tokenizer):
     task = small()
     splits = make_splits(task)
