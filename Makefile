@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: help setup test test-all test-gpu gpu-prep lint teacher eval sweep demo demo-long demo-roster ablation ablation-short ablation-long ablation-roster clean
+.PHONY: help setup test test-all test-gpu gpu-prep lint teacher eval sweep demo demo-roster demo-arith demo-long ablation ablation-roster ablation-arith ablation-short ablation-long clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-15s %s\n", $$1, $$2}'
@@ -46,16 +46,20 @@ eval:  ## evaluate the teacher with vanilla (one token per forward) decoding
 sweep:  ## threshold sweep: one eval job per entropy threshold (preset conf/experiment/sweep_threshold.yaml)
 	$(PY) -m d3llm_pipeline stage=eval experiment=sweep_threshold
 
-demo:  ## end to end: teacher -> trajectories -> distill -> sweeps -> AUP plot + leaderboard (reuses artifacts)
+demo:  ## end to end on task=roster: teacher -> trajectories -> distill -> sweeps -> AUP plot + leaderboard (reuses artifacts; ~18 min from scratch on 2 cores)
+	$(PY) -m d3llm_pipeline stage=pipeline experiment=roster
+
+demo-roster: demo  ## the same as make demo (task=roster, experiment=roster)
+
+demo-arith:  ## the end-to-end demo on task=arith (one right answer: the block schedule limits it; artifacts under artifacts)
 	$(PY) -m d3llm_pipeline stage=pipeline
 
 demo-long:  ## the end-to-end demo on the long-generation task (task=arith_long, own artifacts under artifacts_long; ~36 min from scratch on 2 idle cores)
 	$(PY) -m d3llm_pipeline stage=pipeline experiment=demo_long
 
-demo-roster:  ## the end-to-end demo on task=roster (many right answers: the teacher's confidence, not the block schedule, limits it; own artifacts under artifacts_roster; ~16 min from scratch on 2 idle cores)
-	$(PY) -m d3llm_pipeline stage=pipeline experiment=roster
+ablation: ablation-roster  ## the paper's ablations on task=roster, 3 training seeds, with the teacher/d3llm control
 
-ablation: ablation-short ablation-long  ## the paper's ablations on both embedded tasks, 3 training seeds each
+ablation-arith: ablation-short ablation-long  ## the paper's ablations on both arith tasks, 3 training seeds each
 
 # One run dir per task (not per launch), so a rerun finds its evals and only re-tabulates (stage.reuse_evals).
 ablation-short:  ## ablations on task=arith -> outputs/runs/ablation/default/ablation.md + .csv + curves
@@ -65,7 +69,7 @@ ablation-long:  ## ablations on task=arith_long (experiment=demo_long) -> output
 	$(PY) -m d3llm_pipeline stage=ablation experiment=demo_long 'hydra.run.dir=$${paths.output_dir}/runs/ablation/demo_long'
 
 ablation-roster:  ## ablations on task=roster (experiment=roster) -> outputs/runs/ablation/roster/ (~2 h on 2 idle cores)
-	$(PY) -m d3llm_pipeline stage=ablation experiment=roster 'hydra.run.dir=$${paths.output_dir}/runs/ablation/roster'
+	$(PY) -m d3llm_pipeline stage=ablation experiment=roster 'stage.thresholds=$${suite.thresholds}' 'hydra.run.dir=$${paths.output_dir}/runs/ablation/roster'
 
 clean:  ## remove run outputs (keeps outputs/.gitkeep)
 	find outputs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

@@ -266,7 +266,7 @@ class StepProgress:
         self.kinds.setdefault(kind, []).extend([took / max(count, 1)] * count)
         if kind in self.remaining:
             self.remaining[kind] -= count
-        log.info("%s: step %d/%d (%s) took %s; elapsed %s, %s left", self.stage, self.done, self.total, name,
+        log.info("%s: step %d/%d (%s) took %s; elapsed %s; left: %s", self.stage, self.done, self.total, name,
                  _clock(took), _clock(time.perf_counter() - self.start), self.left())
 
 

@@ -1,19 +1,24 @@
-"""`task=roster`: call the roll — number everyone present, in any order. An embedded task whose correct response is
-not unique, so the teacher's confidence, not the block schedule, limits how many tokens it commits per forward.
+"""`task=roster`: call the roll from either end — number everyone present, in the prompt's order or its reverse.
+An embedded task whose correct response is not unique, so the teacher's confidence, not the block schedule, limits
+how many tokens it commits per forward.
 
     prompt:   sue has 3 pens . tom has 5 cards . [PAD] x 5 ann has 2 coins . [PAD] x 10 kim has 7 books .
               max has 1 coins . how many ? [SEP]
-    response: 1 tom , 2 kim , 3 max , 4 sue , 5 ann          (any of the 5! = 120 orders; the last number says how many)
+    response: 1 sue , 2 tom , 3 ann , 4 kim , 5 max    or    1 max , 2 kim , 3 ann , 4 tom , 5 sue
 
 Why it is built this way (issue 25): both arith tasks have exactly one right continuation, so the teacher is certain
-about whole blocks at once and the block schedule caps parallel decoding. Here every order of the k people is
-correct and the training set draws one uniformly per sample, so the teacher learns the mixture: until it has chosen,
-it is unsure who goes in a slot (about ln(k - j) nats when j are placed). Committing two undecided slots in one
-forward draws both from the same marginal and tends to name one person twice, which the grader rejects (as it does
-anyone absent, anyone left out, or a wrong number). A teacher must therefore choose about one person per forward,
-while the numbers, commas and EOS are certain at once; a distilled student, trained on the order the teacher chose
-for each prompt (the trajectory's `predicted` column records it), can learn to commit to an order in one go: what
-pseudo-trajectory distillation is for (docs/method.md §2).
+about whole blocks at once and the block schedule caps parallel decoding. Here two forms are correct and the
+training set draws each half of the time (`orders="ends"`, the default), so the teacher learns the mixture: until it
+has written one end, every slot but the middle one is a coin toss between two people. Committing them in one forward
+tosses each coin on its own and half the time mixes the forms (someone named twice), which the grader rejects (as
+it does anyone absent, anyone left out, or a wrong number). The teacher therefore waits for one name before the
+rest, while the numbers, commas and EOS are certain at once; a distilled student, trained on the form the teacher
+chose for each prompt (the trajectory's `predicted` column records it), learns to commit to a form in its first
+forward: what pseudo-trajectory distillation is for (docs/method.md §2).
+
+`orders="any"` makes all k! orders correct (drawn uniformly). The teacher then chooses one person per forward, by
+near-ties the prompt's counts and items break, an order a distilled student learns only in part; off the teacher's
+order it names someone twice, so distillation cost 7-19 points of accuracy (docs/embedded.md).
 
 Layout: each of the 8 names has its own fixed 5-token slot (`name has n item .` in `NAMES` order, [PAD] where that
 person is absent), so who is present is read from fixed positions, as the tiny teacher learns fastest (its learned
@@ -21,7 +26,7 @@ absolute positions copy from fixed places, docs/tiny_teacher.md). The counts and
 response does not use them. k = 5 people per sample by default (`task.min_people` / `task.max_people`, 2..8): a
 44-token prompt and a 14-token response (3 per entry, less the last comma): one decode block of 16 with its EOS, in
 a 32-token generation region. No new words: the vocabulary is arith's. Held-out prompts never occur in train; a set
-of people can (there are 56 sets of 5), so the splits differ in the counts and items. Three earlier designs and why
+of people can (there are 56 sets of 5), so the splits differ in the counts and items. Four earlier designs and why
 they went: docs/embedded.md#the-task-with-many-right-answers-taskroster.
 """
 
@@ -101,9 +106,10 @@ class RosterTask(SyntheticTask):
     # block 1's names are chosen: docs/embedded.md)
     min_people: int = 5
     max_people: int = 5  # at most len(NAMES) = 8 (names are distinct within a sample)
-    # which orders are correct: "any" (all k!) or "ends" (the prompt's order or its reverse: two forms, so a mixture
-    # of them, e.g. "1 tom , 2 kim , 3 max , 4 kim , 5 tom", is the typical parallel-decoding error)
-    orders: str = "any"
+    # which orders are correct: "ends" (the prompt's order or its reverse: two forms, so a mixture of them, e.g.
+    # "1 tom , 2 kim , 3 max , 4 kim , 5 tom", is the typical parallel-decoding error) or "any" (all k!: the
+    # teacher's order is then too erratic for a student to learn; docs/embedded.md)
+    orders: str = "ends"
     prompt_length: int = 44  # 8 name slots of 5 tokens + "how many ? [SEP]"
     gen_length: int = 32  # 2 decode blocks of 16: the response (14 tokens for k = 5; 23 at most) + EOS padding
     n_train: int = 50000

@@ -43,7 +43,7 @@ def test_layout_fixed_slots_and_one_uniform_form():
 
 
 def test_every_order_is_correct_and_mixtures_are_not():
-    task = small()
+    task = small(orders="any")
     p = roster.generate_roster(random.Random(7), 4, 4)
     a, b, c, d = p.answers
     for order in itertools.permutations(p.answers):
@@ -65,7 +65,7 @@ def test_every_order_is_correct_and_mixtures_are_not():
 
 def test_orders_ends_draws_two_forms_and_rejects_their_mixtures():
     """task.orders=ends: prompt order or its reverse, both drawn; every other order (a mixture of the two) is wrong."""
-    task = small(orders="ends")
+    task = small()  # the default
     rng = random.Random(5)
     forms = [roster.read_names(roster.generate_roster(rng, 4, 4, "ends").response) for _ in range(200)]
     p = roster.generate_roster(random.Random(7), 4, 4, "ends")
@@ -76,9 +76,9 @@ def test_orders_ends_draws_two_forms_and_rejects_their_mixtures():
     assert right == [tuple(names), tuple(reversed(names))]
     a, b, c, d = names
     assert not task.grade(roster.numbered([a, b, b, a]), p).correct  # two half-orders
-    assert small().grade(roster.numbered([b, a, c, d]), p).correct  # the default still takes any order
-    # the default's fingerprint is what it was before the field existed, so its artifacts stay reusable
-    assert "orders" not in small().identity() and task.identity()["orders"] == "ends"
+    assert small(orders="any").grade(roster.numbered([b, a, c, d]), p).correct
+    # any order's fingerprint is what it was before the field existed, so its artifacts stay reusable
+    assert "orders" not in small(orders="any").identity() and small().identity()["orders"] == "ends"
     with pytest.raises(ConfigError, match="task.orders must be one of any, ends"):
         small(orders="sorted")
 
