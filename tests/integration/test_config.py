@@ -45,6 +45,13 @@ def test_every_experiment_composes(experiment):
     assert command.startswith("# python -m d3llm_pipeline") and f"experiment={experiment}" in command
 
 
+def test_roster_artifacts_are_kept_apart_per_task_orders():
+    """make demo (experiment=roster) and its any-order variant never share (or replace) each other's artifacts."""
+    ends, any_order = compose_cfg("experiment=roster"), compose_cfg("experiment=roster", "task.orders=any")
+    assert (ends.task.orders, ends.paths.artifacts_dir.rsplit("/", 1)[1]) == ("ends", "artifacts_roster_ends")
+    assert any_order.paths.artifacts_dir.rsplit("/", 1)[1] == "artifacts_roster_any"
+
+
 def test_trajectory_stage_defaults_to_the_one_token_teacher_but_obeys_the_command_line():
     cfg = compose_cfg("stage=trajectory")
     assert (cfg.decode.rule, cfg.decode.tokens_per_step) == ("vanilla", 1)
