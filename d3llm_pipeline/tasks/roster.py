@@ -2,7 +2,7 @@
 An embedded task whose correct response is not unique, so the teacher's confidence, not the block schedule, limits
 how many tokens it commits per forward.
 
-    prompt:   sue has 3 pens . tom has 5 cards . [PAD] x 5 ann has 2 coins . [PAD] x 10 kim has 7 books .
+    prompt:   sue has 3 pens . tom has 5 cards . ann has 2 coins . [PAD] x 5 kim has 7 books . [PAD] x 10
               max has 1 coins . how many ? [SEP]
     response: 1 sue , 2 tom , 3 ann , 4 kim , 5 max    or    1 max , 2 kim , 3 ann , 4 tom , 5 sue
 
