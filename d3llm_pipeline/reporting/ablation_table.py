@@ -91,7 +91,8 @@ def _per_seed(report: dict[str, Any], runs: list[dict[str, Any]], variant: str, 
               threshold: float) -> dict[int, dict[str, float | None]]:
     """Per seed, the values of `variant`'s curve; the control has one curve, the same for every seed."""
     if variant == CONTROL:
-        return {seed: _values(report, runs, CONTROL, threshold) for seed in seeds}
+        values = _values(report, runs, CONTROL, threshold)
+        return dict.fromkeys(seeds, values)
     return {seed: _values(report, runs, variant_label(variant, seed, len(seeds)), threshold) for seed in seeds}
 
 
