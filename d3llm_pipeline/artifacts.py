@@ -135,6 +135,9 @@ def check_same(directory: Path, kind: str, identity: dict[str, Any], ways_out: s
                       f"{ways_out}")
 
 
+REUSED = "reused"  # key a stage adds to its returned summary when it reused a finished artifact (no work)
+
+
 def reusable(final: Path, kind: str, identity: dict[str, Any], ways_out: str, finished_marker: str) -> bool:
     """True if a finished artifact with this identity is at `final`; raise if a different one is there."""
     if not (final / finished_marker).is_file():

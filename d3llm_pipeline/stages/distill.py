@@ -112,7 +112,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                                            SUMMARY_FILE):
         log.info("student already distilled at %s with these settings; reusing it (stage.overwrite=true retrains)",
                  out_dir)
-        return json.loads((out_dir / "merged" / SUMMARY_FILE).read_text())
+        return {**json.loads((out_dir / "merged" / SUMMARY_FILE).read_text()), artifacts.REUSED: True}
     with artifacts.artifact_lock(out_dir) if lead else contextlib.nullcontext():
         return _distill(cfg, stage, distill, task, val_decode, threads, out_dir, identity)
 

@@ -90,7 +90,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         summary = json.loads((final / SUMMARY_FILE).read_text())
         log.info("teacher already trained at %s with these settings (%s steps); reusing it (stage.overwrite=true "
                  "retrains)", final, summary.get("steps"))
-        return summary
+        return {**summary, artifacts.REUSED: True}
     require_writable(final, "stage.out_dir", need_bytes=teacher_bytes(model_cfg.arch, task))
     with artifacts.artifact_lock(final):
         return _train(cfg, stage, task, model_cfg, val_decode, threads, final, identity)

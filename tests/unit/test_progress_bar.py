@@ -45,3 +45,22 @@ def test_step_progress_estimates_only_from_kinds_it_has_timed(monkeypatch):
     with progress.step("sweeps/tiny_vanilla/1", "eval"):
         pass
     assert progress.left() == "about 0m15s and 1 distill step(s) not timed yet"  # one eval left at the 15 s mean
+
+
+def test_a_reused_step_counts_as_done_but_not_toward_its_kinds_mean(monkeypatch):
+    """A reused student returns in a second; a mean over it would promise the next students in seconds."""
+    from d3llm_pipeline import artifacts
+    from d3llm_pipeline.stages import steps
+
+    # start; per step its start, its end and the elapsed time logged: a reused student 1 s, a trained one 300 s
+    clock = iter([0.0, 0.0, 1.0, 1.0, 1.0, 301.0, 301.0, 301.0])
+    monkeypatch.setattr(steps.time, "perf_counter", lambda: next(clock))
+    progress = steps.StepProgress("ablation", ["distill"] * 4)
+    with progress.step("student", "distill") as timed:
+        timed.reused = steps.was_reused({"steps": 750, artifacts.REUSED: True})
+    assert progress.done == 1 and progress.left() == "3 distill step(s) not timed yet"
+    with progress.step("student_seed1", "distill") as timed:
+        timed.reused = steps.was_reused({"steps": 750})
+    assert progress.left() == "about 10m00s"  # 2 more at the trained one's 300 s, not at (1 + 300) / 2
+    assert steps.was_reused({"labelled_now": 0}) and not steps.was_reused({"labelled_now": 5})
+    assert not steps.was_reused(None)
