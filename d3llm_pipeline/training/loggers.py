@@ -8,6 +8,7 @@ resolved config and git SHA, and are offline unless WANDB_MODE=online. The run i
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +81,7 @@ def make_lightning_logger(cfg: DictConfig, job_type: str):
     if name == "none":
         return False
     if name == "csv":
-        from lightning.pytorch.loggers import CSVLogger
-
-        return CSVLogger(save_dir=out_dir, name="csv", version="")
+        return _csv_logger(Path(out_dir) / "csv")
     from lightning.pytorch.loggers import WandbLogger
 
     settings = _wandb_settings(cfg, job_type)
@@ -90,3 +89,25 @@ def make_lightning_logger(cfg: DictConfig, job_type: str):
     logger = WandbLogger(offline=mode != "online", save_dir=settings.pop("dir"), **settings)
     _remember_run_id(cfg, logger.experiment.id)
     return logger
+
+
+def _csv_logger(log_dir: Path):
+    """Lightning's CSVLogger into `log_dir`, keeping what a run there logged before: a resumed stage (an ablation's
+    or a pipeline's student, same run dir) would otherwise start by deleting the metrics.csv of its first part
+    (Lightning warns, then removes it). That file moves to metrics_part<k>.csv; the new one holds the steps from
+    the resume on."""
+    import warnings
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    old = log_dir / "metrics.csv"
+    if old.is_file():
+        k = 1 + sum(1 for _ in log_dir.glob("metrics_part*.csv"))
+        old.rename(log_dir / f"metrics_part{k}.csv")
+        logging.getLogger(__name__).info("%s kept as metrics_part%d.csv (this run logs from its resume on)", old, k)
+    logger = CSVLogger(save_dir=str(log_dir.parent), name=log_dir.name, version="")
+    with warnings.catch_warnings():  # its "will be deleted" warning no longer holds: nothing is deleted
+        warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+        logger.experiment  # noqa: B018 -- made here (Lightning makes it at the first log), inside the filter
+    return logger
+
