@@ -100,11 +100,13 @@ def _csv_logger(log_dir: Path):
 
     from lightning.pytorch.loggers import CSVLogger
 
+    from d3llm_pipeline.training.fit import launcher_rank
+
     old = log_dir / "metrics.csv"
-    if old.is_file():
+    if old.is_file() and launcher_rank() == 0:  # a re-launched ddp rank logs nothing (and must not race rank 0)
         k = 1 + sum(1 for _ in log_dir.glob("metrics_part*.csv"))
         old.rename(log_dir / f"metrics_part{k}.csv")
-        logging.getLogger(__name__).info("%s kept as metrics_part%d.csv (this run logs from its resume on)", old, k)
+        logging.getLogger(__name__).info("%s of an earlier run here kept as metrics_part%d.csv", old, k)
     logger = CSVLogger(save_dir=str(log_dir.parent), name=log_dir.name, version="")
     with warnings.catch_warnings():  # its "will be deleted" warning no longer holds: nothing is deleted
         warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
