@@ -131,6 +131,29 @@ def output_dir_of(cfg: Any) -> str:
     return HydraConfig.get().runtime.output_dir
 
 
+def one_of_several_ranks() -> bool:
+    """Whether a distributed launcher started this process as one of several running the same command line
+    (torchrun: RANK; Lightning's ddp children: LOCAL_RANK; srun with several tasks): they must all find the same
+    run dir, so none of them picks a fresh one (fresh_dir)."""
+    env = os.environ
+    return "RANK" in env or "LOCAL_RANK" in env or int(env.get("SLURM_NTASKS", "1") or 1) > 1
+
+
+def fresh_dir(base: str | Path) -> str:
+    """Create and return `base`, or `base_2`, `base_3`, ... when it exists: the first name no other run took.
+    mkdir is atomic, so two runs started in the same second (their dated run dirs equal) never share one."""
+    base = str(base)
+    Path(base).parent.mkdir(parents=True, exist_ok=True)
+    for k in range(1, 10_000):
+        candidate = base if k == 1 else f"{base}_{k}"
+        try:
+            Path(candidate).mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+    raise ConfigError(f"{base}: 10,000 run dirs of that name exist; set hydra.run.dir=<a new dir>")
+
+
 def git_sha() -> str | None:
     """The SHA of the checkout this package runs from (None outside a git checkout)."""
     try:

@@ -1,6 +1,6 @@
 """The entry point's pre-flight: compose and validate every job of a command line before Hydra starts anything.
 
-    check_command_line(sys.argv[1:], CONF_DIR)   # -> the config's `debug` flag, or raises ConfigError (one line)
+    checked = check_command_line(sys.argv[1:], CONF_DIR)   # -> Preflight(debug, dated), or raises ConfigError
 
 For a single run it composes the command line's config and validates it (config/validate.py). For a multirun
 (`-m`, or `hydra.mode: MULTIRUN` from an experiment preset) it expands the sweep exactly as Hydra's BasicSweeper
@@ -8,7 +8,9 @@ will (`hydra.sweeper.params`, then the command line's overrides, later keys repl
 every point, so a bad point stops the sweep before its first job runs, with a message naming the point. Hydra's
 own composition errors (an unknown group option or key, override syntax, a sweep without -m) become one line each
 here too, instead of Hydra's multi-line dumps. Also checked: the run / sweep dir can be written and is not a
-directory the pipeline did not make (ownership.py).
+directory the pipeline did not make (ownership.py). When that dir is named by the clock (`${now:...}`, the
+default), `dated` says which it is, so the entry point can make it unique (runtime.fresh_dir: two runs started in
+the same second would otherwise write into one dir).
 
 Only plain invocations are checked; a command line with other Hydra flags (--help, --cfg, -cn, --config-dir, ...)
 is left to Hydra. Failures only a job can discover (a missing artifact, a corrupt file) are the job's to report.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -34,6 +37,14 @@ from d3llm_pipeline.config.validate import TRAINER_RESERVED, validate_config
 from d3llm_pipeline.errors import ConfigError, PipelineError, first_line
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
+
+
+class Preflight(NamedTuple):
+    """What the pre-flight found: the config's `debug` flag, and (key, dir) of a run / sweep dir named by the clock
+    (None when the command line or an experiment names the dir: a rerun may mean to write into it again)."""
+
+    debug: bool
+    dated: tuple[str, str] | None = None
 GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
 
 
@@ -140,7 +151,7 @@ def _expand_sweep(master: DictConfig, task_overrides: list[str], parser: Overrid
                           "(key=a,b,c) or use range(start,stop,step)") from None
 
 
-def _check_output_dir(cfg: DictConfig, key: str) -> None:
+def _check_output_dir(cfg: DictConfig, key: str) -> str | None:
     """The run / sweep dir can be written and is new, empty or a run dir of ours (Hydra writes into it before any
     stage code runs, so this is the only place a foreign one can be caught untouched)."""
     from d3llm_pipeline.ownership import check_ours, require_writable
@@ -152,10 +163,20 @@ def _check_output_dir(cfg: DictConfig, key: str) -> None:
     if directory:
         require_writable(directory, key)
         check_ours(directory, "run", key)
+    return directory or None
 
 
-def check_command_line(argv: list[str], conf_dir: str | Path) -> bool:
-    """Validate the job(s) `argv` would run; returns the config's `debug` flag. Raises ConfigError."""
+def _dated(cfg: DictConfig, key: str) -> tuple[str, str] | None:
+    """(key, its dir) when the run / sweep dir is named by the clock (the default ${now:...} pattern), else None."""
+    directory = _check_output_dir(cfg, key)
+    group, name = key.rsplit(".", 1)
+    raw = OmegaConf.to_container(OmegaConf.select(cfg, group), resolve=False).get(name)
+    return (key, str(directory)) if directory and "${now:" in str(raw) else None
+
+
+def check_command_line(argv: list[str], conf_dir: str | Path) -> Preflight:
+    """Validate the job(s) `argv` would run; returns the config's `debug` flag and its dated run / sweep dir
+    (Preflight). Raises ConfigError."""
     conf_dir = Path(conf_dir)
     multirun = any(arg in MULTIRUN_FLAGS for arg in argv)
     args = [arg for arg in argv if arg not in MULTIRUN_FLAGS]
@@ -180,14 +201,13 @@ def check_command_line(argv: list[str], conf_dir: str | Path) -> bool:
                 raise ConfigError(f"{line} sweeps over several values: add -m (python -m d3llm_pipeline -m ...) to "
                                   f"run one job per value, or write {sweeps[0].get_key_element()}=[...] for a list")
             validate_config(master)
-            _check_output_dir(master, "hydra.run.dir")
-            return bool(master.get("debug", False))
+            return Preflight(bool(master.get("debug", False)), _dated(master, "hydra.run.dir"))
         hydra_sweeps = [o.input_line for o in sweeps if o.is_hydra_override()]
         if hydra_sweeps:
             raise ConfigError(f"{hydra_sweeps[0]}: Hydra's own settings cannot be swept; give it one value")
         if "BasicSweeper" not in str(master.hydra.sweeper.get("_target_", "")):  # another sweeper plans its own jobs
             validate_config(master)
-            return bool(master.get("debug", False))
+            return Preflight(bool(master.get("debug", False)))
         hydra_overrides = [o.input_line for o in parsed if o.is_hydra_override()]
         task_overrides = [o.input_line for o in parsed if not o.is_hydra_override()]
         jobs = _expand_sweep(master, task_overrides, parser)
@@ -198,8 +218,7 @@ def check_command_line(argv: list[str], conf_dir: str | Path) -> bool:
                 validate_config(composer([*hydra_overrides, *job]))
             except PipelineError as err:
                 raise ConfigError(f"sweep job #{number} ({point}): {err}") from None
-        _check_output_dir(master, "hydra.sweep.dir")
-        return bool(master.get("debug", False))
+        return Preflight(bool(master.get("debug", False)), _dated(master, "hydra.sweep.dir"))
 
 
 def _swept_keys(master: DictConfig, task_overrides: list[str], parser: OverridesParser) -> set[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from conftest import CONF
 from hydra import compose, initialize_config_dir
@@ -319,3 +321,26 @@ def test_the_code_execution_opt_in_is_accepted_by_every_task_kind(tmp_path):
         assert (allowed.identity() == plain.identity()) is (task != "humaneval")
     check_command_line(["-m", "stage=eval", "task=arith,humaneval", "task.allow_code_execution=true",
                         f"paths.root_dir={tmp_path}"], CONF)
+
+
+def test_a_dated_run_dir_is_claimed_fresh_and_a_named_one_is_left_alone(tmp_path, monkeypatch):
+    """Two runs started in the same second resolve the same dated run dir; the entry point hands the second one
+    `<dir>_2` (what Hydra then writes into). A dir the command line names is the user's choice: left as it is."""
+    from d3llm_pipeline.__main__ import fresh_run_dir
+    from d3llm_pipeline.config.preflight import check_command_line
+
+    for name in ("RANK", "LOCAL_RANK", "SLURM_NTASKS"):
+        monkeypatch.delenv(name, raising=False)
+    checked = check_command_line(["stage=eval", f"paths.root_dir={tmp_path}"], CONF)
+    key, dated = checked.dated
+    assert key == "hydra.run.dir" and dated.startswith(str(tmp_path / "outputs" / "runs" / "eval") + "/")
+    assert fresh_run_dir(checked) == [f'hydra.run.dir="{dated}"'] and Path(dated).is_dir()
+    assert fresh_run_dir(checked) == [f'hydra.run.dir="{dated}_2"']  # the same second again
+    sweep = check_command_line(["-m", "stage=eval", "decode.threshold=0.1,0.2", f"paths.root_dir={tmp_path}"], CONF)
+    assert sweep.dated[0] == "hydra.sweep.dir" and "/multirun/eval/" in sweep.dated[1]
+    named = check_command_line(["stage=eval", f"paths.root_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'mine'}"],
+                               CONF)
+    assert named.dated is None and fresh_run_dir(named) == []
+    monkeypatch.setenv("RANK", "1")  # a rank of a torchrun job: all ranks resolve the one dir
+    assert fresh_run_dir(checked) == []
+

@@ -1,6 +1,8 @@
-"""Run-time helpers: CPU accounting for threads=auto, atomic writes."""
+"""Run-time helpers: CPU accounting for threads=auto, atomic writes, fresh run dirs."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +15,8 @@ from d3llm_pipeline.runtime import (
     busy_cores,
     configure_threads,
     cpu_sample_from,
+    fresh_dir,
+    one_of_several_ranks,
     threads_between,
 )
 
@@ -100,3 +104,33 @@ def test_atomic_write_leaves_no_temp_files(tmp_path):
     atomic_write_json(tmp_path / "m.json", {"a": 1})
     atomic_write_json(tmp_path / "m.json", {"a": 2})
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"] and '"a": 2' in (tmp_path / "m.json").read_text()
+
+
+def test_fresh_dir_gives_runs_started_in_the_same_second_their_own_dirs(tmp_path):
+    """Eight runs claim the same dated dir at once: each gets its own (mkdir is atomic), the first the name itself."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    base = tmp_path / "runs" / "eval" / "2026-12-07_18-41-04"
+    (tmp_path / "runs").mkdir()
+    barrier = __import__("threading").Barrier(8)
+
+    def claim(_):
+        barrier.wait()
+        return fresh_dir(base)
+
+    with ThreadPoolExecutor(8) as pool:
+        claimed = list(pool.map(claim, range(8)))
+    assert sorted(claimed) == sorted([str(base)] + [f"{base}_{k}" for k in range(2, 9)])
+    assert all(Path(d).is_dir() for d in claimed)
+    assert fresh_dir(base) == f"{base}_9"  # an existing dir (an earlier run's) is never handed out again
+
+
+def test_one_of_several_ranks_reads_the_launchers_variables(monkeypatch):
+    for name in ("RANK", "LOCAL_RANK", "SLURM_NTASKS"):
+        monkeypatch.delenv(name, raising=False)
+    assert not one_of_several_ranks()
+    monkeypatch.setenv("SLURM_NTASKS", "1")  # a one-task Slurm job (submitit) is a plain run
+    assert not one_of_several_ranks()
+    monkeypatch.setenv("RANK", "0")  # torchrun's rank 0 too: every rank must meet in one dir
+    assert one_of_several_ranks()
+
