@@ -37,6 +37,7 @@ from d3llm_pipeline.config.validate import TRAINER_RESERVED, validate_config
 from d3llm_pipeline.errors import ConfigError, PipelineError, first_line
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
+GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
 
 
 class Preflight(NamedTuple):
@@ -45,7 +46,6 @@ class Preflight(NamedTuple):
 
     debug: bool
     dated: tuple[str, str] | None = None
-GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
 
 
 def is_plain(argv: list[str]) -> bool:
