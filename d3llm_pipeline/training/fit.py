@@ -31,7 +31,8 @@ RESERVED = set(TRAINER_RESERVED)
 
 def trainer_kwargs(cfg: DictConfig, model: torch.nn.Module | None = None) -> dict[str, Any]:
     """`cfg.trainer` as Lightning Trainer arguments, rejecting keys the stage controls. An FSDP strategy with
-    trainer.fsdp_wrap=layer becomes an FSDPStrategy wrapping each decoder layer of `model` (training/strategies.py)."""
+    trainer.fsdp_wrap=layer becomes an FSDPStrategy wrapping each decoder layer of `model` (training/strategies.py);
+    checkpoints are written by AtomicCheckpointIO (training/checkpoint_io.py)."""
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     clash = sorted(RESERVED & set(kwargs))
     if clash:
@@ -41,6 +42,11 @@ def trainer_kwargs(cfg: DictConfig, model: torch.nn.Module | None = None) -> dic
     kwargs.pop(WRAP_KEY, None)
     if is_fsdp(kwargs.get("strategy")) and model is not None:
         kwargs["strategy"] = fsdp_strategy(model, kwargs["strategy"], wrap, str(kwargs.get("accelerator", "auto")))
+    # imported here: it imports Lightning, which config validation and decoding never need
+    from d3llm_pipeline.training.checkpoint_io import AtomicCheckpointIO
+
+    given = kwargs.get("plugins") or []  # trainer.plugins, if a user set any, stay
+    kwargs["plugins"] = [*(given if isinstance(given, list) else [given]), AtomicCheckpointIO()]  # whole or nothing
     return kwargs
 
 
