@@ -131,6 +131,20 @@ def output_dir_of(cfg: Any) -> str:
     return HydraConfig.get().runtime.output_dir
 
 
+def launcher_rank() -> int:
+    """0 in the process that runs a stage for everyone, else nonzero: a rank set when Lightning's
+    `strategy: ddp` re-launched the command for an extra device (LOCAL_RANK / NODE_RANK in the children's
+    environment), by torchrun (RANK) or by srun with several tasks (SLURM_PROCID). Only rank 0 may lock, check and
+    write artifacts; the others run the stage up to `trainer.fit` and write nothing (Lightning's loggers and
+    checkpoints are rank-zero only). `ddp_spawn` never re-runs the stage: its workers only run the fit."""
+    env = os.environ
+    if "RANK" in env:
+        return int(env["RANK"])
+    if int(env.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_PROCID" in env:
+        return int(env["SLURM_PROCID"])
+    return int(env.get("LOCAL_RANK", "0") or 0) + int(env.get("NODE_RANK", "0") or 0)
+
+
 def one_of_several_ranks() -> bool:
     """Whether a distributed launcher started this process as one of several running the same command line
     (torchrun: RANK; Lightning's ddp children: LOCAL_RANK; srun with several tasks): they must all find the same

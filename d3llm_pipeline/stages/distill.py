@@ -33,7 +33,7 @@ from d3llm_pipeline.config.stage_schemas import DistillStageConfig
 from d3llm_pipeline.config.validate import fsdp_wrap_of
 from d3llm_pipeline.fileio import atomic_write_json
 from d3llm_pipeline.models.lora import make_student, save_student
-from d3llm_pipeline.runtime import provenance
+from d3llm_pipeline.runtime import launcher_rank, provenance
 from d3llm_pipeline.stages import output_dir_of
 from d3llm_pipeline.stages.checks import check_distill_io
 from d3llm_pipeline.stages.common import setup_run
@@ -44,7 +44,6 @@ from d3llm_pipeline.training.distill_module import DistillModule
 from d3llm_pipeline.training.fit import (
     SUMMARY_FILE,
     WORLD_KEYS,
-    launcher_rank,
     progress_bar,
     trainer_identity,
     trainer_kwargs,

@@ -55,22 +55,6 @@ def trainer_kwargs(cfg: DictConfig, model: torch.nn.Module | None = None) -> dic
 WORLD_KEYS = ("trainer.devices", "trainer.num_nodes")
 
 
-def launcher_rank() -> int:
-    """0 in the process that runs a stage for everyone, else nonzero: a rank set when Lightning's
-    `strategy: ddp` re-launched the command for an extra device (LOCAL_RANK / NODE_RANK in the children's
-    environment), by torchrun (RANK) or by srun with several tasks (SLURM_PROCID). Only rank 0 may lock, check and
-    write artifacts; the others run the stage up to `trainer.fit` and write nothing (Lightning's loggers and
-    checkpoints are rank-zero only). `ddp_spawn` never re-runs the stage: its workers only run the fit."""
-    import os
-
-    env = os.environ
-    if "RANK" in env:
-        return int(env["RANK"])
-    if int(env.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_PROCID" in env:
-        return int(env["SLURM_PROCID"])
-    return int(env.get("LOCAL_RANK", "0") or 0) + int(env.get("NODE_RANK", "0") or 0)
-
-
 def trainer_identity(cfg: DictConfig) -> dict[str, Any]:
     """The trainer.* keys that change what a training run produces (world size, precision, accumulation)."""
     keys = ("devices", "num_nodes", "precision", "accumulate_grad_batches")

@@ -15,7 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from d3llm_pipeline.errors import ConfigError
-from d3llm_pipeline.runtime import git_sha, output_dir_of
+from d3llm_pipeline.runtime import git_sha, launcher_rank, output_dir_of
 
 LOGGERS = ("csv", "wandb", "none")
 
@@ -99,8 +99,6 @@ def _csv_logger(log_dir: Path):
     import warnings
 
     from lightning.pytorch.loggers import CSVLogger
-
-    from d3llm_pipeline.training.fit import launcher_rank
 
     old = log_dir / "metrics.csv"
     if old.is_file() and launcher_rank() == 0:  # a re-launched ddp rank logs nothing (and must not race rank 0)
